@@ -1,0 +1,17 @@
+//! The chatterbox client side.
+//!
+//! - [`web`]: the browser chat page (files under `web/`, embedded at compile time) as a warp filter;
+//!   `cargo run -p client` serves it, and the finished server serves it at its own `/`.
+//! - [`schedule`]: the `/schedule hours 1 seconds 9 message ...` grammar, shared with the server.
+//! - [`Connection`]: a typed WebSocket connection whose every wait has a timeout; the lesson tests,
+//!   the server tests, the terminal client (`chat`) and the benchmark all talk through it.
+//! - [`RunningServer`]: starts a chatterbox binary on a free port and reads its address, the way
+//!   an attendee runs it.
+
+pub mod connection;
+pub mod running;
+pub mod schedule;
+pub mod web;
+
+pub use connection::{Connection, Frame};
+pub use running::RunningServer;
