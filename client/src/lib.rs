@@ -5,10 +5,13 @@
 //! - [`schedule`]: the `/schedule hours 1 seconds 9 message ...` grammar, shared with the server.
 //! - [`Connection`]: a typed WebSocket connection whose every wait has a timeout; the lesson tests,
 //!   the server tests, the terminal client (`chat`) and the benchmark all talk through it.
+//! - [`message`]: the frames a chat client sends; [`http`]: a bare `GET` for the HTTP side.
 //! - [`RunningServer`]: starts a chatterbox binary on a free port and reads its address, the way
 //!   an attendee runs it.
 
 pub mod connection;
+pub mod http;
+pub mod message;
 pub mod running;
 pub mod schedule;
 pub mod web;

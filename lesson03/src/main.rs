@@ -71,11 +71,13 @@ async fn user_connected(socket: WebSocket, users: Users) {
             }
         }
     });
-    users.lock().unwrap().insert(id.clone(), tx.clone());
-
-    // Register first, then tell the client its id: a client that has its id is sure to
-    // receive every broadcast from then on.
-    let _ = tx.send(Message::text(json!({"id": id}).to_string()));
+    // Queue the id and register under one lock: the id is then the first frame the client
+    // gets, and a client that has its id is sure to receive every broadcast from then on.
+    {
+        let mut registry = users.lock().unwrap();
+        let _ = tx.send(Message::text(json!({"id": id}).to_string()));
+        registry.insert(id.clone(), tx.clone());
+    }
 
     // `next()` waits for the next frame; it gives `None` once the client has gone away.
     while let Some(Ok(message)) = ws_rx.next().await {

@@ -89,12 +89,13 @@ async fn user_connected(socket: WebSocket, users: Users) {
             }
         }
     });
-    let user = User { tx: tx.clone(), channel: Channel::Feed };
-    users.lock().unwrap().users.insert(id.clone(), user);
-
-    // Register first, then tell the client its id: a client that has its id is sure to
-    // receive every broadcast from then on.
-    let _ = tx.send(Message::text(json!({"id": id}).to_string()));
+    // Queue the id and register under one lock: the id is then the first frame the client
+    // gets, and a client that has its id is sure to receive every broadcast from then on.
+    {
+        let mut registry = users.lock().unwrap();
+        let _ = tx.send(Message::text(json!({"id": id}).to_string()));
+        registry.users.insert(id.clone(), User { tx: tx.clone(), channel: Channel::Feed });
+    }
 
     // `next()` waits for the next frame; it gives `None` once the client has gone away.
     while let Some(Ok(message)) = ws_rx.next().await {
