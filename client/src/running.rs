@@ -25,10 +25,23 @@ pub struct RunningServer {
 impl RunningServer {
     /// Runs `program` with `PORT=0` and the given arguments, and waits for its address line.
     pub async fn start(program: impl AsRef<Path>, args: &[&str]) -> Result<RunningServer> {
-        let program = program.as_ref();
+        Self::start_with_port(program.as_ref(), args, 0).await
+    }
+
+    /// Like [`RunningServer::start`], on a port chosen by the caller: to restart a server on
+    /// the address its clients already know (`0` picks a free port, as `start` does).
+    pub async fn start_on_port(
+        program: impl AsRef<Path>,
+        args: &[&str],
+        port: u16,
+    ) -> Result<RunningServer> {
+        Self::start_with_port(program.as_ref(), args, port).await
+    }
+
+    async fn start_with_port(program: &Path, args: &[&str], port: u16) -> Result<RunningServer> {
         let mut child = Command::new(program)
             .args(args)
-            .env("PORT", "0")
+            .env("PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -69,6 +82,14 @@ impl RunningServer {
     /// The HTTP root, on loopback.
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server and waits until it is gone, so that its port is free again.
+    pub async fn stop(mut self) -> Result<()> {
+        timeout(START_TIMEOUT, self.child.kill())
+            .await
+            .map_err(|_| anyhow!("the server did not die within {START_TIMEOUT:?}"))?
+            .context("killing the server failed")
     }
 
     /// Waits for the process to exit by itself (after a signal, say), up to `limit`.

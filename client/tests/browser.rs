@@ -1,0 +1,633 @@
+//! The web page in a real browser: headless Chromium driven over WebDriver (`fantoccini` talking
+//! to `chromedriver`), against the real lesson binaries and the finished server.
+//!
+//! Each test starts its own chromedriver (`--port=0`: it prints the port it got) and one
+//! Chromium per page, each with a fresh profile. Every wait polls a DOM condition with a
+//! deadline; none sleeps a fixed time. Each scenario leaves a PNG in `target/screenshots/`;
+//! with `CHATTERBOX_UPDATE_SCREENSHOT=1` the random-room one is also written to
+//! `docs/screenshot.png` for the README.
+//!
+//! Without Chromium and chromedriver the tests say they were skipped, and pass; with the
+//! environment variable `CI` set they fail instead, so CI cannot silently skip them.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use client::running::workspace_binary;
+use client::schedule;
+use client::{Connection, RunningServer};
+use fantoccini::key::Key;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// How long any one condition may take to come true on a page.
+const WAIT: Duration = Duration::from_secs(15);
+/// A whole scenario, browser start-up included.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// The browser
+
+/// A chromedriver and the browser sessions opened through it.
+struct Browser {
+    _driver: Child,
+    url: String,
+    sessions: Mutex<Vec<Client>>,
+    profiles: Mutex<Vec<TempDir>>,
+}
+
+impl Browser {
+    /// `None` when Chromium or chromedriver is missing (and `CI` is not set).
+    async fn start() -> Result<Option<Browser>> {
+        let missing: Vec<&str> =
+            [CHROMIUM, CHROMEDRIVER].into_iter().filter(|path| !Path::new(path).exists()).collect();
+        if !missing.is_empty() {
+            let missing = missing.join(" and ");
+            let install = "install with `apt-get install chromium chromium-driver`";
+            if std::env::var_os("CI").is_some() {
+                bail!("the browser tests need {missing}: {install} (CI is set: no skipping)");
+            }
+            // Written to stderr directly: the test harness would swallow an `eprintln!` of a
+            // passing test, and this line must be seen.
+            use std::io::Write as _;
+            let line = format!("browser tests skipped: {missing} not found; {install}");
+            let _ = writeln!(std::io::stderr(), "{line}");
+            return Ok(None);
+        }
+
+        let mut driver = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("could not start chromedriver")?;
+        let stdout = driver.stdout.take().context("chromedriver has no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // "ChromeDriver was started successfully on port 35175."
+        let port = timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(port) = line.split("started successfully on port ").nth(1) {
+                    return port.trim_end_matches('.').parse::<u16>().context("a port number");
+                }
+            }
+            bail!("chromedriver exited before it was ready")
+        })
+        .await
+        .map_err(|_| anyhow!("chromedriver was not ready within {WAIT:?}"))??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        Ok(Some(Browser {
+            _driver: driver,
+            url: format!("http://127.0.0.1:{port}"),
+            sessions: Mutex::default(),
+            profiles: Mutex::default(),
+        }))
+    }
+
+    /// Opens a new browser window (a Chromium of its own) at `url`.
+    async fn open(&self, url: &str) -> Result<Page> {
+        let profile = tempfile::tempdir()?;
+        let capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--window-size=860,720",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }
+        });
+        let Value::Object(capabilities) = capabilities else { unreachable!("an object literal") };
+        let session = ClientBuilder::native()
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .context("could not open a Chromium session")?;
+        self.sessions.lock().unwrap().push(session.clone());
+        self.profiles.lock().unwrap().push(profile);
+        session.goto(url).await.with_context(|| format!("could not load {url}"))?;
+        Ok(Page { session })
+    }
+
+    /// Closes every window, so that no Chromium outlives the test. (chromedriver itself is
+    /// killed when the `Browser` is dropped.)
+    async fn shutdown(&self) {
+        let sessions = std::mem::take(&mut *self.sessions.lock().unwrap());
+        for session in sessions {
+            let _ = timeout(WAIT, session.close()).await;
+        }
+    }
+}
+
+/// Runs `scenario` with a fresh browser, and closes the browser however the scenario ends.
+async fn with_browser<F, Fut>(scenario: F) -> Result<()>
+where
+    F: FnOnce(Arc<Browser>) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let Some(browser) = Browser::start().await? else { return Ok(()) };
+    let browser = Arc::new(browser);
+    // A task of its own, so that a failed assertion (a panic) still lets us close the browser.
+    let mut task = tokio::spawn(scenario(browser.clone()));
+    let outcome = timeout(SCENARIO_LIMIT, &mut task).await;
+    if outcome.is_err() {
+        task.abort();
+    }
+    browser.shutdown().await;
+    match outcome {
+        Err(_) => bail!("the scenario did not finish within {SCENARIO_LIMIT:?}"),
+        Ok(Ok(result)) => result,
+        Ok(Err(failure)) if failure.is_panic() => std::panic::resume_unwind(failure.into_panic()),
+        Ok(Err(failure)) => Err(failure.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One page
+
+struct Page {
+    session: Client,
+}
+
+impl Page {
+    /// Waits until the JavaScript expression `condition` (which may use `arguments[0]`) is true.
+    async fn wait_for(&self, condition: &str, argument: Value, what: &str) -> Result<()> {
+        let script = format!("return Boolean({condition});");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let value = self.session.execute(&script, vec![argument.clone()]).await?;
+            if value == Value::Bool(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let messages = self.messages().await.unwrap_or_default();
+                bail!("timed out waiting for {what}; the page shows {messages:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // the polling period
+        }
+    }
+
+    /// The text of every line in the message list, with its class, for error reports.
+    async fn messages(&self) -> Result<Vec<String>> {
+        let script = "return [...document.querySelectorAll('#messages li')]
+            .map(li => `${li.className}: ${li.textContent}`);";
+        let value = self.session.execute(script, vec![]).await?;
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// Waits for the `{"id"}` frame and returns the id.
+    async fn id(&self) -> Result<String> {
+        self.wait_for("document.body.dataset.id", Value::Null, "an id from the server").await?;
+        let id = self.session.execute("return document.body.dataset.id;", vec![]).await?;
+        id.as_str().map(str::to_owned).context("no id")
+    }
+
+    async fn wait_connected(&self) -> Result<()> {
+        let open = r#"document.querySelector('#status[data-state="open"]')"#;
+        self.wait_for(open, Value::Null, "the connection").await
+    }
+
+    /// Waits for a chat message with exactly this text, on our side (`own`) or theirs.
+    async fn wait_message(&self, side: &str, text: &str) -> Result<()> {
+        let condition = format!(
+            "[...document.querySelectorAll('#messages li.message.{side} .bubble')]
+                .some(bubble => bubble.textContent === arguments[0])"
+        );
+        self.wait_for(&condition, json!(text), &format!("{side} message {text:?}")).await
+    }
+
+    /// Waits for a system line with this `data-status` (waiting, paired, scheduled, ...).
+    async fn wait_system(&self, status: &str) -> Result<()> {
+        let condition =
+            "document.querySelector(`#messages li.system[data-status=\"${arguments[0]}\"]`)";
+        self.wait_for(condition, json!(status), &format!("a {status:?} line")).await
+    }
+
+    /// Types `text` into the message box and presses Enter, as a person would.
+    async fn say(&self, text: &str) -> Result<()> {
+        let input = self.session.find(Locator::Id("input")).await?;
+        input.send_keys(&format!("{text}{}", char::from(Key::Enter))).await?;
+        Ok(())
+    }
+
+    async fn click(&self, css: &str) -> Result<()> {
+        self.session.find(Locator::Css(css)).await?.click().await?;
+        Ok(())
+    }
+
+    async fn eval(&self, script: &str) -> Result<Value> {
+        Ok(self.session.execute(script, vec![]).await?)
+    }
+
+    /// Saves what the page looks like now as target/screenshots/NAME.png.
+    async fn screenshot(&self, name: &str) -> Result<PathBuf> {
+        let png = self.session.screenshot().await?;
+        let dir = screenshot_dir()?;
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, &png)?;
+        if name == DOCS_SCREENSHOT && std::env::var_os("CHATTERBOX_UPDATE_SCREENSHOT").is_some() {
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshot.png");
+            std::fs::write(&docs, &png)?;
+        }
+        Ok(path)
+    }
+}
+
+/// The scenario whose screenshot illustrates the README.
+const DOCS_SCREENSHOT: &str = "lesson05-random-and-feed";
+
+/// target/screenshots, next to target/debug where this test runs from.
+fn screenshot_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target =
+        exe.ancestors().nth(3).context("the test does not run from target/<profile>/deps")?;
+    Ok(target.join("screenshots"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The servers
+
+/// The page, served by this crate's own `client` binary (as `cargo run -p client` does).
+async fn page_server() -> Result<RunningServer> {
+    RunningServer::start(env!("CARGO_BIN_EXE_client"), &[]).await
+}
+
+async fn lesson(name: &str) -> Result<RunningServer> {
+    RunningServer::start(workspace_binary(name)?, &[]).await
+}
+
+/// The page's address, told to talk to `chat_server`.
+fn page_url(pages: &RunningServer, chat_server: &str) -> String {
+    format!("{}?server={chat_server}", pages.http_url())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_chat_through_lesson03() -> Result<()> {
+    with_browser(|browser| async move {
+        let chat = lesson("lesson03").await?;
+        let pages = page_server().await?;
+        let url = page_url(&pages, &chat.ws_url());
+        let alice = browser.open(&url).await?;
+        let bob = browser.open(&url).await?;
+        let alice_id = alice.id().await?;
+        bob.id().await?;
+
+        alice.say("hello from alice").await?;
+        alice.wait_message("own", "hello from alice").await?;
+        bob.wait_message("other", "hello from alice").await?;
+        // Shift+Enter is a new line inside the message, not a send.
+        let input = bob.session.find(Locator::Id("input")).await?;
+        let shift_enter = format!("{}{}{}", char::from(Key::Shift), char::from(Key::Enter), char::from(Key::Null));
+        input.send_keys(&format!("hi alice{shift_enter}two lines")).await?;
+        bob.say("").await?;
+        alice.wait_message("other", "hi alice\ntwo lines").await?;
+        bob.wait_message("own", "hi alice\ntwo lines").await?;
+
+        // The author is the sender's id, shown in a colour derived from it.
+        let author = bob.eval("return document.querySelector('#messages li.other').dataset.author;").await?;
+        assert_eq!(author, json!(alice_id));
+        let colour = bob
+            .eval("return document.querySelector('#messages li.other').style.getPropertyValue('--author');")
+            .await?;
+        let expected = bob.eval(&format!("return window.chatterbox.colourFor({alice_id:?});")).await?;
+        assert_eq!(colour, expected);
+
+        alice.screenshot("lesson03-two-pages").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_chat_through_the_server() -> Result<()> {
+    with_browser(|browser| async move {
+        // The finished server serves the page itself, which then talks back to its own origin.
+        let server = RunningServer::start(workspace_binary("server")?, &[]).await?;
+        let alice = browser.open(&server.http_url()).await?;
+        let bob = browser.open(&server.http_url()).await?;
+        alice.id().await?;
+        bob.id().await?;
+
+        alice.say("hello through the server").await?;
+        bob.wait_message("other", "hello through the server").await?;
+        bob.say("and back").await?;
+        alice.wait_message("other", "and back").await?;
+        alice.wait_message("own", "hello through the server").await?;
+        alice.screenshot("server-two-pages").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_message_arrives_on_both_pages() -> Result<()> {
+    with_browser(|browser| async move {
+        let chat = lesson("lesson04").await?;
+        let pages = page_server().await?;
+        let url = page_url(&pages, &chat.ws_url());
+        let alice = browser.open(&url).await?;
+        let bob = browser.open(&url).await?;
+        let alice_id = alice.id().await?;
+        bob.id().await?;
+
+        alice.say("/schedule seconds 1 message hi").await?;
+        alice.wait_system("scheduled").await?;
+        // The server sends it to everyone after the delay, its sender included.
+        bob.wait_message("other", "hi").await?;
+        alice.wait_message("own", "hi").await?;
+        let author =
+            bob.eval("return document.querySelector('#messages li.other').dataset.author;").await?;
+        assert_eq!(author, json!(alice_id));
+        alice.screenshot("lesson04-schedule").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
+    with_browser(|browser| async move {
+        let chat = lesson("lesson05").await?;
+        let pages = page_server().await?;
+        let url = page_url(&pages, &chat.ws_url());
+        let alice = browser.open(&url).await?;
+        let bob = browser.open(&url).await?;
+        alice.id().await?;
+        bob.id().await?;
+
+        alice.say("anyone in the feed?").await?;
+        bob.wait_message("other", "anyone in the feed?").await?;
+        // An emoji from the picker, shown large.
+        bob.click("#emoji-toggle").await?;
+        bob.click("#emoji-picker button").await?;
+        alice
+            .wait_for(
+                "document.querySelector('#messages li.other .bubble.emoji')",
+                Value::Null,
+                "an emoji",
+            )
+            .await?;
+
+        alice.click("#random").await?;
+        alice.wait_system("waiting").await?;
+        bob.click("#random").await?;
+        alice.wait_system("paired").await?;
+        bob.wait_system("paired").await?;
+        let channel = bob.eval("return document.getElementById('channel').textContent;").await?;
+        assert_eq!(channel, json!("random · paired"));
+        bob.say("just us two now").await?;
+        alice.wait_message("other", "just us two now").await?;
+        alice.say("bye!").await?;
+        bob.wait_message("other", "bye!").await?;
+
+        alice.click("#feed").await?;
+        alice.wait_system("joined").await?;
+        bob.wait_system("partner_left").await?;
+        let channel = alice.eval("return document.getElementById('channel').textContent;").await?;
+        assert_eq!(channel, json!("feed"));
+        bob.screenshot(DOCS_SCREENSHOT).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_in_a_message_shows_literally() -> Result<()> {
+    with_browser(|browser| async move {
+        let chat = lesson("lesson03").await?;
+        let pages = page_server().await?;
+        let url = page_url(&pages, &chat.ws_url());
+        let alice = browser.open(&url).await?;
+        let bob = browser.open(&url).await?;
+        alice.id().await?;
+        bob.id().await?;
+
+        let payload = r#"<img src=x onerror="document.body.dataset.pwned=1"><b>bold?</b>"#;
+        alice.say(payload).await?;
+        bob.wait_message("other", payload).await?;
+        alice.wait_message("own", payload).await?;
+        for page in [&alice, &bob] {
+            let injected = page
+                .eval("return [document.querySelector('#messages img, #messages b') === null, document.body.dataset.pwned ?? null];")
+                .await?;
+            assert_eq!(injected, json!([true, null]), "the payload became markup");
+        }
+        bob.screenshot("xss-literal").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_schedule_is_explained_next_to_the_input() -> Result<()> {
+    with_browser(|browser| async move {
+        let chat = lesson("lesson04").await?;
+        let pages = page_server().await?;
+        let mut other = Connection::connect(&chat.ws_url()).await?;
+        other.recv_id().await?;
+        let alice = browser.open(&page_url(&pages, &chat.ws_url())).await?;
+        alice.id().await?;
+
+        alice.say("/schedule days 1 message hi").await?;
+        let help_shown = "!document.getElementById('input-help').hidden
+            && document.getElementById('input-help').textContent.includes(arguments[0])";
+        alice.wait_for(help_shown, json!("unknown unit 'days'"), "the inline help").await?;
+        let help = alice.eval("return document.getElementById('input-help').textContent;").await?;
+        assert!(help.as_str().is_some_and(|help| help.contains(schedule::EXAMPLE)), "{help}");
+        // The command stays in the box to be fixed.
+        let input = alice.eval("return document.getElementById('input').value;").await?;
+        assert_eq!(input, json!("/schedule days 1 message hi"));
+        alice.screenshot("bad-schedule-help").await?;
+
+        // Fixing it hides the help, and only the good command reaches the server.
+        alice.session.find(Locator::Id("input")).await?.clear().await?;
+        alice.say("/schedule seconds 0 message fixed").await?;
+        alice
+            .wait_for("document.getElementById('input-help').hidden", Value::Null, "the help to go")
+            .await?;
+        let frame = other.recv_json().await?;
+        assert_eq!(frame["data"], json!({"text": "fixed"}), "{frame}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_after_a_server_restart() -> Result<()> {
+    with_browser(|browser| async move {
+        let lesson03 = workspace_binary("lesson03")?;
+        // A port that stays the same across the restart: let the system pick a free one.
+        let port = std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port();
+        let chat = RunningServer::start_on_port(&lesson03, &[], port).await?;
+        let pages = page_server().await?;
+        let alice = browser.open(&page_url(&pages, &chat.ws_url())).await?;
+        let first_id = alice.id().await?;
+
+        chat.stop().await?;
+        alice.wait_system("disconnected").await?;
+        let closed = r#"document.querySelector('#status[data-state="closed"]')"#;
+        alice.wait_for(closed, Value::Null, "the offline status").await?;
+        alice.screenshot("reconnect-offline").await?;
+
+        let chat = RunningServer::start_on_port(&lesson03, &[], port).await?;
+        alice.wait_system("reconnected").await?;
+        alice.wait_connected().await?;
+        let second_id = alice.id().await?;
+        assert_ne!(first_id, second_id, "a new connection gets a new id");
+
+        // And it chats again.
+        let mut other = Connection::connect(&chat.ws_url()).await?;
+        other.recv_id().await?;
+        alice.say("back again").await?;
+        let frame = other.recv_json().await?;
+        assert_eq!(
+            (&frame["data"], &frame["author"]),
+            (&json!({"text": "back again"}), &json!(second_id))
+        );
+        alice.screenshot("reconnect-online").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lesson01_echo_and_lesson02_raw_frames_show_in_the_page() -> Result<()> {
+    with_browser(|browser| async move {
+        let pages = page_server().await?;
+
+        // lesson01 sends back what the page sent: the page shows it as sent, then as received.
+        let echo = lesson("lesson01").await?;
+        let alice = browser.open(&page_url(&pages, &echo.ws_url())).await?;
+        alice.wait_connected().await?;
+        alice.say("echo me").await?;
+        alice.wait_message("own", "echo me").await?;
+        alice.wait_message("other", "echo me").await?;
+        alice.screenshot("lesson01-echo").await?;
+
+        // lesson02 relays frames as they are, with no id and no author.
+        let relay = lesson("lesson02").await?;
+        let mut raw = Connection::connect(&relay.ws_url()).await?;
+        let bob = browser.open(&page_url(&pages, &relay.ws_url())).await?;
+        bob.wait_connected().await?;
+        bob.say("hello raw tool").await?;
+        let frame = raw.recv_json().await?;
+        assert_eq!(frame, json!({"type": "text", "data": {"text": "hello raw tool"}}));
+
+        raw.send_text("just some words").await?;
+        bob.wait_for(
+            "[...document.querySelectorAll('#messages li.raw')].some(li => li.textContent.includes(arguments[0]))",
+            json!("just some words"),
+            "a raw frame",
+        )
+        .await?;
+        raw.send_json(&json!({"type": "text", "data": {"text": "from nobody"}})).await?;
+        bob.wait_message("other", "from nobody").await?;
+        raw.send_json(&json!({"error": "something went wrong"})).await?;
+        let error_shown = "document.querySelector('#errors .error')?.textContent.includes(arguments[0])";
+        bob.wait_for(error_shown, json!("something went wrong"), "the error").await?;
+        bob.screenshot("lesson02-raw").await?;
+        bob.click("#errors .error button").await?;
+        bob.wait_for("!document.querySelector('#errors .error')", Value::Null, "the error to go").await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The page's JavaScript `/schedule` parser against the Rust one, input by input: same
+/// commands, same results, same error messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_parses_schedule_exactly_like_the_rust_side() -> Result<()> {
+    with_browser(|browser| async move {
+        let pages = page_server().await?;
+        // Nothing listens on port 9 (discard): the page stays offline, which is fine here.
+        let page = browser.open(&page_url(&pages, "ws://127.0.0.1:9/")).await?;
+
+        let inputs = [
+            "/schedule hours 1 seconds 9 message how are you doing future?",
+            "/schedule seconds 1 message hi",
+            "/schedule minutes 0 message now-ish",
+            "/schedule seconds 5 hours 2 minutes 3 message  two  spaces ",
+            "/schedule seconds 1 message message seconds 2",
+            "/schedule  seconds  2   message x",
+            "/schedule seconds 1 message hi\nthere",
+            "/schedule seconds 18446744073709551615 message the largest",
+            "/schedule hours 5124095576030431 message just fits",
+            "/schedule hours 5124095576030432 message one hour too far",
+            "/schedule seconds 18446744073709551616 message too big a number",
+            "/schedule",
+            "/schedule ",
+            "/schedule message hi",
+            "/schedule days 1 message hi",
+            "/schedule hours abc message hi",
+            "/schedule hours -1 message hi",
+            "/schedule hours 1.5 message hi",
+            "/schedule seconds +5 message hi",
+            "/schedule seconds ٣ message hi",
+            "/schedule seconds",
+            "/schedule seconds 1",
+            "/schedule seconds 1 message",
+            "/schedule seconds 1 message   ",
+            "/schedule seconds 1 message \u{3000}",
+            "/schedule seconds 1 message\u{a0}hi",
+            "/schedule seconds 1 seconds 2 message hi",
+            "/schedule hours 99999999999999999 message hi",
+            "/schedule seconds 99999999999999999999999 message hi",
+            "hello",
+            "",
+            "/scheduler seconds 1 message hi",
+            " /schedule seconds 1 message hi",
+            "/schedule\tseconds 1 message hi",
+            "/Schedule seconds 1 message hi",
+        ];
+        // Unit values as strings on both sides: JavaScript sends the ones too big for a Number
+        // as digit strings, which the protocol allows.
+        let script = "return arguments[0].map(input => {
+            const parsed = window.chatterbox.parseSchedule(input);
+            if (!parsed?.ok) return parsed;
+            const schedule = Object.fromEntries(
+                Object.entries(parsed.ok.schedule).map(([unit, n]) => [unit, String(n)]));
+            return { ok: { schedule, text: parsed.ok.text } };
+        });";
+        let from_js = page.session.execute(script, vec![json!(inputs.as_slice())]).await?;
+        let from_js = from_js.as_array().context("an array")?;
+        for (input, js) in inputs.iter().zip(from_js) {
+            let rust = match schedule::parse(input) {
+                None => Value::Null,
+                Some(Err(error)) => json!({"error": error.to_string()}),
+                Some(Ok(parsed)) => {
+                    let units = [
+                        ("hours", parsed.schedule.hours),
+                        ("minutes", parsed.schedule.minutes),
+                        ("seconds", parsed.schedule.seconds),
+                    ];
+                    let schedule: serde_json::Map<String, Value> = units
+                        .into_iter()
+                        .filter_map(|(unit, n)| Some((unit.to_owned(), json!(n?.to_string()))))
+                        .collect();
+                    json!({"ok": {"schedule": schedule, "text": parsed.text}})
+                }
+            };
+            assert_eq!(js, &rust, "JavaScript and Rust disagree on {input:?}");
+        }
+        Ok(())
+    })
+    .await
+}

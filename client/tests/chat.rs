@@ -1,0 +1,247 @@
+//! The terminal client (`chat`), driven through a pipe as a script would drive it, against the
+//! real lesson05 binary, with a [`Connection`] on the other side of the conversation.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use client::running::workspace_binary;
+use client::schedule::EXAMPLE;
+use client::{Connection, RunningServer};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The `chat` binary with its three standard streams in our hands; killed on drop.
+struct Chat {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Chat {
+    fn start(server: &str) -> Result<Chat> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .arg(server)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("could not start chat")?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        let stderr = BufReader::new(child.stderr.take().context("no stderr")?).lines();
+        Ok(Chat { child, stdin, stdout, stderr })
+    }
+
+    async fn type_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin is already closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        Ok(stdin.flush().await?)
+    }
+
+    /// Ends the input, as the end of a piped file does.
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Reads stdout until a line contains `needle`; returns that line.
+    async fn stdout_line(&mut self, needle: &str) -> Result<String> {
+        read_until(&mut self.stdout, needle).await.context("on stdout")
+    }
+
+    async fn stderr_line(&mut self, needle: &str) -> Result<String> {
+        read_until(&mut self.stderr, needle).await.context("on stderr")
+    }
+
+    async fn exit(&mut self) -> Result<ExitStatus> {
+        timeout(WAIT, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("chat did not exit"))?
+            .map_err(Into::into)
+    }
+}
+
+async fn read_until<R>(lines: &mut Lines<R>, needle: &str) -> Result<String>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut seen = Vec::new();
+    let search = async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains(needle) {
+                return Ok(line);
+            }
+            seen.push(line);
+        }
+        bail!("the stream ended")
+    };
+    match timeout(WAIT, search).await {
+        Ok(Ok(line)) => Ok(line),
+        Ok(Err(error)) => Err(error.context(format!("no line with {needle:?}"))),
+        Err(_) => bail!("no line with {needle:?} within {WAIT:?}"),
+    }
+    .with_context(|| format!("lines seen before: {seen:?}"))
+}
+
+async fn lesson05() -> Result<RunningServer> {
+    RunningServer::start(workspace_binary("lesson05")?, &[]).await
+}
+
+/// Starts `chat` and waits for it to print its id; returns the id's first 8 characters.
+async fn connected_chat(server: &RunningServer) -> Result<(Chat, String)> {
+    let mut chat = Chat::start(&server.ws_url())?;
+    let line = chat.stdout_line("* connected as ").await?;
+    let short = line.trim_start_matches("* connected as ").to_owned();
+    assert_eq!(short.len(), 8, "{line}");
+    Ok((chat, short))
+}
+
+#[tokio::test]
+async fn sends_lines_and_prints_what_arrives() -> Result<()> {
+    let server = lesson05().await?;
+    let mut other = Connection::connect(&server.ws_url()).await?;
+    let other_id = other.recv_id().await?;
+    let (mut chat, chat_id) = connected_chat(&server).await?;
+
+    chat.type_line("hello from the pipe").await?;
+    let frame = other.recv_json().await?;
+    assert_eq!(frame["type"], "text", "{frame}");
+    assert_eq!(frame["data"], json!({"text": "hello from the pipe"}));
+    assert!(frame["author"].as_str().is_some_and(|author| author.starts_with(&chat_id)), "{frame}");
+
+    other
+        .send_json(&json!({"author": other_id, "type": "text", "data": {"text": "hi terminal"}}))
+        .await?;
+    let line = chat.stdout_line("hi terminal").await?;
+    assert_eq!(line, format!("[{}] hi terminal", &other_id[..8]));
+
+    other.send_json(&json!({"type": "emoji", "data": {"emoji": "🍕"}})).await?;
+    assert_eq!(chat.stdout_line("🍕").await?, format!("[{}] 🍕", &other_id[..8]));
+
+    chat.type_line("/emoji").await?;
+    chat.stderr_line("/emoji needs an emoji").await?;
+    chat.type_line("/emoji 😋").await?;
+    let frame = other.recv_json().await?;
+    assert_eq!((&frame["type"], &frame["data"]), (&json!("emoji"), &json!({"emoji": "😋"})));
+
+    chat.type_line("/quit").await?;
+    assert!(chat.exit().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn schedules_and_explains_bad_schedules() -> Result<()> {
+    let server = lesson05().await?;
+    let mut other = Connection::connect(&server.ws_url()).await?;
+    other.recv_id().await?;
+    let (mut chat, _) = connected_chat(&server).await?;
+
+    chat.type_line("/schedule days 1 message hi").await?;
+    let line = chat.stderr_line("/schedule").await?;
+    assert!(line.contains("unknown unit 'days'") && line.contains(EXAMPLE), "{line}");
+    chat.type_line("/schedule seconds 1").await?;
+    assert!(chat.stderr_line("/schedule").await?.contains("end with: message TEXT"));
+
+    // Nothing was sent for the bad ones: the next frame the other side gets is this one.
+    chat.type_line("/schedule seconds 1 message later").await?;
+    let frame = other.recv_json().await?;
+    assert_eq!(frame["data"], json!({"text": "later"}), "delivered without the schedule");
+    // lesson05 delivers a scheduled message to its sender too: the client marks it as its own.
+    assert_eq!(chat.stdout_line("later").await?, "[me] later");
+    Ok(())
+}
+
+#[tokio::test]
+async fn follows_random_rooms() -> Result<()> {
+    let server = lesson05().await?;
+    let mut other = Connection::connect(&server.ws_url()).await?;
+    other.recv_id().await?;
+    let (mut chat, _) = connected_chat(&server).await?;
+
+    chat.type_line("/random").await?;
+    chat.stdout_line("* waiting for a partner").await?;
+    other.send_json(&json!({"channel": "random"})).await?;
+    assert_eq!(other.recv_json().await?["status"], "paired");
+    chat.stdout_line("* paired with a partner").await?;
+
+    other.send_json(&json!({"channel": "feed"})).await?;
+    assert_eq!(other.recv_json().await?["status"], "joined");
+    chat.stdout_line("* your partner left").await?;
+    chat.type_line("/feed").await?;
+    chat.stdout_line("* back in the feed").await?;
+
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_piped_file_is_sent_in_full_before_exit() -> Result<()> {
+    let server = lesson05().await?;
+    let mut other = Connection::connect(&server.ws_url()).await?;
+    other.recv_id().await?;
+    let (mut chat, _) = connected_chat(&server).await?;
+
+    // Like `printf 'one\ntwo\nthree\n' | chat`: the input ends right after the last line.
+    for line in ["one", "two", "/emoji 🎉", "three"] {
+        chat.type_line(line).await?;
+    }
+    chat.close_stdin();
+    let status = chat.exit().await?;
+    assert!(status.success(), "{status}");
+
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        let frame: Value = other.recv_json().await?;
+        received.push(frame["data"].clone());
+    }
+    assert_eq!(
+        received,
+        [
+            json!({"text": "one"}),
+            json!({"text": "two"}),
+            json!({"emoji": "🎉"}),
+            json!({"text": "three"})
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn prints_error_frames_raw_frames_and_authorless_messages() -> Result<()> {
+    // No lesson sends all of these to a client that only sends JSON objects, so a scripted
+    // server does: a raw frame (lessons 01-02 relay anything), an error, a message without an
+    // author (lesson02 relays what a page sent before it had an id).
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/", listener.local_addr()?);
+    let script = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await?;
+        let mut socket = tokio_tungstenite::accept_async(stream).await?;
+        for frame in [
+            "plain words".to_owned(),
+            json!({"error": "something went wrong"}).to_string(),
+            json!({"type": "text", "data": {"text": "no author"}}).to_string(),
+        ] {
+            socket.send(Message::text(frame)).await?;
+        }
+        // What chat sends without an id: a message with no author.
+        let sent = timeout(WAIT, socket.next()).await?.context("chat hung up")??;
+        anyhow::Ok(sent.into_text()?.to_string())
+    });
+
+    let mut chat = Chat::start(&url)?;
+    assert_eq!(chat.stdout_line("plain words").await?, "~ plain words");
+    assert_eq!(chat.stdout_line("something").await?, "! error: something went wrong");
+    assert_eq!(chat.stdout_line("no author").await?, "[?] no author");
+    chat.type_line("hi without an id").await?;
+    let sent: Value = serde_json::from_str(&timeout(WAIT, script).await???)?;
+    assert_eq!(sent, json!({"type": "text", "data": {"text": "hi without an id"}}));
+    Ok(())
+}
