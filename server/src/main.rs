@@ -1,246 +1,49 @@
-//! Lesson 05: random 1:1 chat rooms.
-//!
-//! `{"channel": "random"}` takes a user out of the feed into a room for two: the room of
-//! someone waiting alone, or a new room to wait in. `{"channel": "feed"}` brings them back.
-//! Every message now goes to the sender's *channel* (the feed, or one room), never beyond it.
+//! `cargo run -p server`: the finished chatterbox server. `--help` lists every flag.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
 
-use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use anyhow::Context;
+use clap::Parser;
+use server::config::Config;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use uuid::Uuid;
-use warp::Filter;
-use warp::ws::{Message, WebSocket, Ws};
-
-/// Where a user's messages go.
-#[derive(Clone, Copy, PartialEq)]
-enum Channel {
-    Feed,
-    Room(usize),
-}
-
-/// A connected user: the sending end of a channel whose receiving end a task drains into the
-/// user's socket (a broadcast only *queues*, so one slow connection never holds up the others;
-/// the finished `server` bounds this queue), and where the user is now.
-struct User {
-    tx: mpsc::UnboundedSender<Message>,
-    channel: Channel,
-}
-
-/// Everyone, and the rooms. A room holds one user waiting for a partner, or two paired.
-/// Pairing must look at and change both at once, so they live under one lock: a plain
-/// `std::sync::Mutex`, held for a few instructions and never across an `.await`.
-#[derive(Default)]
-struct Chat {
-    users: HashMap<String, User>,
-    rooms: BTreeMap<usize, Vec<String>>,
-    next_room: usize,
-}
-
-type Users = Arc<Mutex<Chat>>;
+use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
-    // `path::end()` matches only `/`; any other path is rejected, and a request that every
-    // filter rejects becomes a 404.
-    let hello =
-        warp::path::end().and(warp::get()).map(|| warp::reply::json(&json!({"hello": "world"})));
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("--log {:?} is not a valid log filter", config.log))?;
+    // Logs go to stderr: the first line of stdout is the address, for whoever started us.
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
-    // Each connection gets its own handle (an `Arc` clone) to the one registry.
-    let users = Users::default();
-    let chat = warp::path::end().and(warp::ws()).map(move |ws: Ws| {
-        let users = users.clone();
-        ws.on_upgrade(move |socket| user_connected(socket, users))
-    });
-
-    // Try the WebSocket route first: a plain `GET /` fails `warp::ws()` and falls through
-    // to `hello`.
-    let routes = chat.or(hello);
-
-    // Bind first, then print the address: with PORT=0 the system picks a free port, and
-    // tests (and you) learn which one from this first line.
-    let port = std::env::var("PORT").ok().and_then(|port| port.parse().ok()).unwrap_or(8000);
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await?;
+    let address = SocketAddr::new(config.addr, config.port);
+    let listener =
+        TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    warp::serve(routes).incoming(listener).run().await;
+    server::serve(listener, config.limits, shutdown_signal()).await;
     Ok(())
 }
 
-/// Runs for as long as one client stays connected.
-async fn user_connected(socket: WebSocket, users: Users) {
-    // The 2018 workshop derived the id from the client's IP address, so two tabs on one
-    // machine (or everyone behind one Wi-Fi router) shared an id and saw each other's messages
-    // as their own. A random UUID per connection is unique without asking anyone.
-    let id = Uuid::new_v4().simple().to_string();
-
-    // A WebSocket is a Stream of incoming frames and a Sink for outgoing ones; splitting it
-    // gives us the two halves separately.
-    let (mut ws_tx, mut ws_rx) = socket.split();
-
-    // The writer: a task of its own that forwards this user's queue into its socket.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            if ws_tx.send(message).await.is_err() {
-                break; // the client is gone; the reader below notices too
-            }
-        }
-    });
-    let user = User { tx: tx.clone(), channel: Channel::Feed };
-    users.lock().unwrap().users.insert(id.clone(), user);
-
-    // Register first, then tell the client its id: a client that has its id is sure to
-    // receive every broadcast from then on.
-    let _ = tx.send(Message::text(json!({"id": id}).to_string()));
-
-    // `next()` waits for the next frame; it gives `None` once the client has gone away.
-    while let Some(Ok(message)) = ws_rx.next().await {
-        // Chat is text. Pings, pongs and close frames are answered by warp itself.
-        let Ok(text) = message.to_str() else { continue };
-        match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(chat)) if chat.contains_key("channel") => {
-                let mut chat_state = users.lock().unwrap();
-                match chat["channel"].as_str() {
-                    Some("random") => join_random(&mut chat_state, &id),
-                    Some("feed") => join_feed(&mut chat_state, &id),
-                    _ => send_error(&tx, "channel must be \"random\" or \"feed\""),
+/// Ctrl-C, or SIGTERM (what `kill`, systemd and container runtimes send).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
                 }
             }
-            Ok(Value::Object(mut chat)) => {
-                // Never trust the author a client claims: the server knows who sent this.
-                chat.insert("author".into(), json!(id));
-                let schedule = chat
-                    .get_mut("data")
-                    .and_then(Value::as_object_mut)
-                    .and_then(|data| data.remove("schedule"));
-                let message = Message::text(Value::Object(chat).to_string());
-                // The channel the message was sent in, now: a scheduled message goes there.
-                let channel = users.lock().unwrap().users[&id].channel;
-                match schedule.as_ref().map(schedule_delay) {
-                    None => broadcast(&users.lock().unwrap(), channel, Some(&id), message),
-                    // Wait in a task of its own: sleeping here would stop this loop reading
-                    // the sender's next messages for hours (the 2018 server did just that).
-                    Some(Ok(delay)) => {
-                        let users = users.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            broadcast(&users.lock().unwrap(), channel, None, message);
-                        });
-                    }
-                    Some(Err(reason)) => send_error(&tx, &format!("schedule: {reason}")),
-                }
+            Err(_) => {
+                let _ = ctrl_c.await;
             }
-            // A mistake in one frame is worth an explanation, not a dropped connection.
-            Ok(_) => send_error(&tx, "a message must be a JSON object"),
-            Err(error) => send_error(&tx, &format!("not valid JSON: {error}")),
         }
     }
-
-    // Forget the user, or every later broadcast would queue messages nobody reads. Dropping
-    // its sender also ends its writer task.
-    let mut chat_state = users.lock().unwrap();
-    leave_room(&mut chat_state, &id);
-    chat_state.users.remove(&id);
-}
-
-/// Queues `message` for every user in `channel` but `skip` (a sender's page shows its message
-/// already). The feed and the rooms never see each other's messages.
-fn broadcast(chat: &Chat, channel: Channel, skip: Option<&str>, message: Message) {
-    for (id, user) in &chat.users {
-        if user.channel == channel && Some(id.as_str()) != skip {
-            // This fails only if that user's writer has stopped; its reader cleans up.
-            let _ = user.tx.send(message.clone());
-        }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
-}
-
-/// Pairs `id` with someone waiting alone, or opens a room for `id` to wait in.
-fn join_random(chat: &mut Chat, id: &str) {
-    if let Channel::Room(room) = chat.users[id].channel {
-        let status = if chat.rooms[&room].len() == 2 { "paired" } else { "waiting" };
-        return notify(chat, id, "random", status); // already in a room: say where
-    }
-    let waiting = chat.rooms.iter().find(|(_, members)| members.len() == 1);
-    let room = match waiting {
-        Some((&room, _)) => room,
-        None => {
-            chat.next_room += 1;
-            chat.next_room
-        }
-    };
-    chat.users.get_mut(id).unwrap().channel = Channel::Room(room);
-    let members = chat.rooms.entry(room).or_default();
-    members.push(id.to_owned());
-    let members = members.clone();
-    for member in &members {
-        let status = if members.len() == 2 { "paired" } else { "waiting" };
-        notify(chat, member, "random", status);
-    }
-}
-
-/// Takes `id` out of any room and back to the feed.
-fn join_feed(chat: &mut Chat, id: &str) {
-    leave_room(chat, id);
-    chat.users.get_mut(id).unwrap().channel = Channel::Feed;
-    notify(chat, id, "feed", "joined");
-}
-
-/// Frees `id`'s place in its room; a partner left behind waits there for the next seeker.
-fn leave_room(chat: &mut Chat, id: &str) {
-    let Channel::Room(room) = chat.users[id].channel else {
-        return;
-    };
-    let members = chat.rooms.get_mut(&room).unwrap();
-    members.retain(|member| member != id);
-    match members.first().cloned() {
-        Some(partner) => notify(chat, &partner, "random", "partner_left"),
-        None => drop(chat.rooms.remove(&room)),
-    }
-}
-
-fn notify(chat: &Chat, id: &str, channel: &str, status: &str) {
-    let notice = json!({"channel": channel, "status": status}).to_string();
-    let _ = chat.users[id].tx.send(Message::text(notice));
-}
-
-/// Tells only this user what was wrong with its frame.
-fn send_error(tx: &mpsc::UnboundedSender<Message>, reason: &str) {
-    let _ = tx.send(Message::text(json!({"error": reason}).to_string()));
-}
-
-/// Reads a schedule such as `{"hours": 1, "seconds": "9"}` into a delay. The units are hours,
-/// minutes and seconds, at least one; each value is a whole number or, as the 2018 client
-/// sent them, a string of digits. Anything else is refused with a reason.
-fn schedule_delay(schedule: &Value) -> Result<Duration, String> {
-    let units = schedule.as_object().ok_or("expected an object such as {\"seconds\": 9}")?;
-    if units.is_empty() {
-        return Err("give at least one of hours, minutes, seconds".into());
-    }
-    let mut seconds: u64 = 0;
-    for (unit, value) in units {
-        let scale = match unit.as_str() {
-            "hours" => 3600,
-            "minutes" => 60,
-            "seconds" => 1,
-            _ => return Err(format!("unknown unit '{unit}'")),
-        };
-        let count = match value {
-            Value::String(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
-                digits.parse().ok()
-            }
-            _ => value.as_u64(), // None for -1, 1.5, true, null, ...
-        };
-        let count = count.ok_or(format!("{unit} must be a whole number, not {value}"))?;
-        // Checked arithmetic: a client could send a number that overflows.
-        seconds = count
-            .checked_mul(scale)
-            .and_then(|total| total.checked_add(seconds))
-            .ok_or("that delay is too long")?;
-    }
-    Ok(Duration::from_secs(seconds))
 }

@@ -1,0 +1,114 @@
+//! The command line: where to listen, every limit, and how much to log.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The finished chatterbox server.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub addr: IpAddr,
+
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `server=debug`); falls back to
+    /// RUST_LOG, then to `warn`.
+    #[arg(long, env = "RUST_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Everything the server bounds, each with its own flag.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest WebSocket frame or message a client may send, in bytes; larger → close 1009.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Longest chat text, in characters.
+    #[arg(long, default_value_t = 2000)]
+    pub max_text_chars: usize,
+
+    /// Longest emoji, in characters (one emoji may be several code points).
+    #[arg(long, default_value_t = 32)]
+    pub max_emoji_chars: usize,
+
+    /// Longest schedule delay, in seconds.
+    #[arg(long, default_value_t = 24 * 60 * 60)]
+    pub max_delay_secs: u64,
+
+    /// Pending scheduled messages per connection.
+    #[arg(long, default_value_t = 20)]
+    pub max_scheduled: usize,
+
+    /// Pending scheduled messages in the whole server.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_scheduled_total: usize,
+
+    /// Messages per second each connection may send, sustained; 0 turns the limit off.
+    #[arg(long, default_value_t = 10.0)]
+    pub message_rate: f64,
+
+    /// Messages a connection may send at once before the rate applies.
+    #[arg(long, default_value_t = 20)]
+    pub message_burst: u32,
+
+    /// Open WebSocket connections; one more is refused with HTTP 503.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Frames waiting to be written to one connection; a client that lets this fill up is
+    /// disconnected (close 1008).
+    #[arg(long, default_value_t = 1024)]
+    pub queue_frames: usize,
+
+    /// Seconds between pings to each client.
+    #[arg(long, default_value_t = 30)]
+    pub ping_interval_secs: u64,
+
+    /// Seconds without hearing anything from a client (not even a pong) before it is dropped.
+    #[arg(long, default_value_t = 60)]
+    pub ping_timeout_secs: u64,
+
+    /// Seconds to wait for clients to take their close frames at shutdown.
+    #[arg(long, default_value_t = 2)]
+    pub shutdown_secs: u64,
+}
+
+impl Limits {
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_secs(self.max_delay_secs)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_secs)
+    }
+}
+
+impl Default for Limits {
+    /// The documented defaults, as the command line gives them.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct LimitsOnly {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        LimitsOnly::parse_from(["server"]).limits
+    }
+}

@@ -1,0 +1,246 @@
+//! Every frame the server reads and writes, as serde types (docs/PROTOCOL.md).
+//!
+//! Inbound frames are parsed borrowing from the received bytes, checked against the limits,
+//! and turned into an [`Inbound`]; fields the server does not know are dropped here, so they
+//! can never be relayed. Outbound frames are serialised once into [`Utf8Bytes`], which every
+//! recipient's queue shares by reference count.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use client::schedule::{self, Schedule};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::config::Limits;
+
+/// A frame a client sent, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound<'a> {
+    /// `{"channel": "random"}` or `{"channel": "feed"}`.
+    Join(ChannelRequest),
+    /// A text or emoji message, to send now or after `delay`.
+    Chat { body: Body<'a>, delay: Option<Duration> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelRequest {
+    Feed,
+    Random,
+}
+
+/// What a chat message says. Only this is relayed; everything else a client sent is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body<'a> {
+    Text(Cow<'a, str>),
+    Emoji(Cow<'a, str>),
+}
+
+/// Why a frame was refused: the text of the `{"error": ...}` frame sent back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError(pub String);
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn refuse<T>(reason: impl Into<String>) -> Result<T, FrameError> {
+    Err(FrameError(reason.into()))
+}
+
+/// The shape of an inbound frame. Unknown fields (`author` included: the server stamps its
+/// own) are ignored by serde and so never reach anyone else.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+struct RawFrame<'a> {
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<RawData<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "\"data\" as an object, e.g. {\"text\": \"hi\"}")]
+struct RawData<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    emoji: Option<Cow<'a, str>>,
+    /// Kept as a value so that its errors can say `schedule: ...`; `null` counts as given.
+    #[serde(default, deserialize_with = "present")]
+    schedule: Option<Value>,
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// Reads one text frame. Errors name what was wrong, ready to send back.
+pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameError> {
+    let raw: RawFrame<'a> = match serde_json::from_str(frame) {
+        Ok(raw) => raw,
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            return refuse(format!("not valid JSON: {error}"));
+        }
+        Err(error) => return refuse(format!("bad message: {error}")),
+    };
+    if let Some(channel) = raw.channel {
+        return match &*channel {
+            "random" => Ok(Inbound::Join(ChannelRequest::Random)),
+            "feed" => Ok(Inbound::Join(ChannelRequest::Feed)),
+            _ => refuse("channel must be \"random\" or \"feed\""),
+        };
+    }
+    let Some(kind) = raw.kind else {
+        return refuse(
+            "a message needs \"type\": \"text\" or \"emoji\" (or \"channel\": \"random\" or \"feed\")",
+        );
+    };
+    let Some(data) = raw.data else {
+        return refuse(format!("a {kind} message needs \"data\""));
+    };
+    let mut delay = match &data.schedule {
+        Some(schedule) => Some(schedule_delay(schedule, limits)?),
+        None => None,
+    };
+    let body = match &*kind {
+        "text" => {
+            let Some(mut text) = data.text else {
+                return refuse("a text message needs \"data\": {\"text\": ...}");
+            };
+            // Clients that do not parse `/schedule` themselves (terminal, scripts) can still
+            // schedule: the server reads the command, unless the client already did.
+            if delay.is_none()
+                && let Some(command) = schedule::parse(&text)
+            {
+                let command = command.map_err(|error| {
+                    FrameError(format!("schedule: {error}; for example: {}", schedule::EXAMPLE))
+                })?;
+                delay = Some(checked_delay(&command.schedule, limits)?);
+                text = Cow::Owned(command.text);
+            }
+            if text.chars().count() > limits.max_text_chars {
+                return refuse(format!("text is longer than {} characters", limits.max_text_chars));
+            }
+            Body::Text(text)
+        }
+        "emoji" => {
+            let Some(emoji) = data.emoji else {
+                return refuse("an emoji message needs \"data\": {\"emoji\": ...}");
+            };
+            if emoji.chars().count() > limits.max_emoji_chars {
+                return refuse(format!(
+                    "emoji is longer than {} characters",
+                    limits.max_emoji_chars
+                ));
+            }
+            Body::Emoji(emoji)
+        }
+        _ => return refuse("type must be \"text\" or \"emoji\""),
+    };
+    Ok(Inbound::Chat { body, delay })
+}
+
+/// A wire schedule such as `{"hours": 1, "seconds": "9"}`, read by `client::schedule`.
+fn schedule_delay(value: &Value, limits: &Limits) -> Result<Duration, FrameError> {
+    // Name an unknown unit ourselves: serde's "unknown field" would not say "unit".
+    if let Value::Object(units) = value
+        && let Some(unit) =
+            units.keys().find(|unit| !matches!(unit.as_str(), "hours" | "minutes" | "seconds"))
+    {
+        return refuse(format!("schedule: unknown unit '{unit}' (use hours, minutes or seconds)"));
+    }
+    let schedule =
+        Schedule::deserialize(value).map_err(|error| FrameError(format!("schedule: {error}")))?;
+    checked_delay(&schedule, limits)
+}
+
+fn checked_delay(schedule: &Schedule, limits: &Limits) -> Result<Duration, FrameError> {
+    if *schedule == Schedule::default() {
+        return refuse("schedule: give at least one of hours, minutes, seconds");
+    }
+    match schedule.delay() {
+        Some(delay) if delay <= limits.max_delay() => Ok(delay),
+        _ => refuse(format!(
+            "schedule: the delay is longer than the limit of {} seconds",
+            limits.max_delay_secs
+        )),
+    }
+}
+
+// ---- outbound ----
+
+#[derive(Serialize)]
+struct ChatFrame<'a> {
+    author: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    data: ChatData<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChatData<'a> {
+    Text { text: &'a str },
+    Emoji { emoji: &'a str },
+}
+
+#[derive(Serialize)]
+struct IdFrame<'a> {
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    error: &'a str,
+}
+
+fn to_frame(value: &impl Serialize) -> Utf8Bytes {
+    // Only structs of strings are serialised here, which cannot fail.
+    serde_json::to_string(value).expect("a frame of strings always serialises").into()
+}
+
+/// `{"author": ..., "type": "text"|"emoji", "data": {...}}`: serialised once per message.
+pub fn chat_frame(author: &str, body: &Body) -> Utf8Bytes {
+    let (kind, data) = match body {
+        Body::Text(text) => ("text", ChatData::Text { text }),
+        Body::Emoji(emoji) => ("emoji", ChatData::Emoji { emoji }),
+    };
+    to_frame(&ChatFrame { author, kind, data })
+}
+
+/// `{"id": ...}`, the first frame of every connection.
+pub fn id_frame(id: &str) -> Utf8Bytes {
+    to_frame(&IdFrame { id })
+}
+
+/// `{"error": ...}`, to the offending sender only.
+pub fn error_frame(reason: &str) -> Utf8Bytes {
+    to_frame(&ErrorFrame { error: reason })
+}
+
+/// The channel notices never change, so they are built once, at compile time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Waiting,
+    Paired,
+    PartnerLeft,
+    FeedJoined,
+}
+
+impl Notice {
+    pub fn frame(self) -> Utf8Bytes {
+        Utf8Bytes::from_static(match self {
+            Notice::Waiting => r#"{"channel":"random","status":"waiting"}"#,
+            Notice::Paired => r#"{"channel":"random","status":"paired"}"#,
+            Notice::PartnerLeft => r#"{"channel":"random","status":"partner_left"}"#,
+            Notice::FeedJoined => r#"{"channel":"feed","status":"joined"}"#,
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! What the server's integration tests share: starting the real binary, and connecting to it.
+
+#![allow(dead_code)] // each test file uses its own part of this
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use client::{Connection, Frame, RunningServer};
+use serde_json::{Value, json};
+
+/// Starts the server binary on a free port with the given flags.
+pub async fn start(args: &[&str]) -> Result<RunningServer> {
+    RunningServer::start(env!("CARGO_BIN_EXE_server"), args).await
+}
+
+/// A connection that has read its `{"id"}` frame.
+pub struct Client {
+    pub conn: Connection,
+    pub id: String,
+}
+
+pub async fn connect(server: &RunningServer) -> Result<Client> {
+    connect_url(&server.ws_url()).await
+}
+
+pub async fn connect_url(url: &str) -> Result<Client> {
+    let mut conn = Connection::connect(url).await?;
+    let id = conn.recv_id().await?;
+    Ok(Client { conn, id })
+}
+
+pub fn text(text: &str) -> Value {
+    json!({"type": "text", "data": {"text": text}})
+}
+
+/// GET `path` on the server; returns the status and the body.
+pub async fn http_get(server: &RunningServer, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port())).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .context("timed out reading an HTTP response")??;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {response:?}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `GET /healthz` as JSON.
+pub async fn health(server: &RunningServer) -> Result<Value> {
+    let (status, body) = http_get(server, "/healthz").await?;
+    if status != 200 {
+        bail!("/healthz answered {status}");
+    }
+    // The body may be chunked; the JSON object is the part between the outer braces.
+    let start = body.find('{').context("no JSON in /healthz")?;
+    let end = body.rfind('}').context("no JSON in /healthz")?;
+    Ok(serde_json::from_str(&body[start..=end])?)
+}
+
+/// Polls `/healthz` until `check` holds (the server's state changes asynchronously, e.g. a
+/// disconnect is noticed a moment after the socket closes), failing after 10 s.
+pub async fn wait_health(server: &RunningServer, check: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = health(server).await?;
+        if check(&value) {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("/healthz never reached the expected state; last: {value}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads frames until one is a text frame; a close or the end is an error.
+pub async fn recv_json(conn: &mut Connection) -> Result<Value> {
+    conn.recv_json().await
+}
+
+/// The next frame must be `{"error": ...}`; returns its text.
+pub async fn recv_error(conn: &mut Connection) -> Result<String> {
+    let frame = conn.recv_json().await?;
+    match frame["error"].as_str() {
+        Some(error) => Ok(error.to_owned()),
+        None => bail!("expected an error frame, got {frame}"),
+    }
+}
+
+/// Waits for the connection to end, skipping any frames still on their way; returns the close
+/// code if a close frame came.
+pub async fn wait_closed(conn: &mut Connection) -> Result<Option<u16>> {
+    loop {
+        match conn.recv().await {
+            Ok(Frame::Close(code, _)) => return Ok(code),
+            Ok(_) => continue,
+            // Only a timeout is a failure; a reset or a plain end is the connection ending.
+            Err(error) if error.to_string().starts_with("no frame arrived") => return Err(error),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Resident memory of a process, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS")?;
+    line.split_whitespace().nth(1).context("no VmRSS value")?.parse().context("bad VmRSS")
+}
