@@ -46,6 +46,14 @@ impl Connection {
         Ok(Connection { socket, timeout: DEFAULT_TIMEOUT })
     }
 
+    /// Connects to a server from lesson03 on and reads its `{"id"}` frame. A client that has
+    /// its id is registered: it receives every broadcast from then on.
+    pub async fn join(url: &str) -> Result<(Connection, String)> {
+        let mut connection = Connection::connect(url).await?;
+        let id = connection.recv_id().await?;
+        Ok((connection, id))
+    }
+
     /// Changes how long every later wait may last.
     pub fn set_timeout(&mut self, limit: Duration) {
         self.timeout = limit;

@@ -25,7 +25,7 @@ pub struct RunningServer {
 impl RunningServer {
     /// Runs `program` with `PORT=0` and the given arguments, and waits for its address line.
     pub async fn start(program: impl AsRef<Path>, args: &[&str]) -> Result<RunningServer> {
-        Self::start_with_port(program.as_ref(), args, 0).await
+        Self::start_on_port(program, args, 0).await
     }
 
     /// Like [`RunningServer::start`], on a port chosen by the caller: to restart a server on
@@ -35,10 +35,7 @@ impl RunningServer {
         args: &[&str],
         port: u16,
     ) -> Result<RunningServer> {
-        Self::start_with_port(program.as_ref(), args, port).await
-    }
-
-    async fn start_with_port(program: &Path, args: &[&str], port: u16) -> Result<RunningServer> {
+        let program = program.as_ref();
         let mut child = Command::new(program)
             .args(args)
             .env("PORT", port.to_string())

@@ -276,19 +276,34 @@ fn page_url(pages: &RunningServer, chat_server: &str) -> String {
     format!("{}?server={chat_server}", pages.http_url())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Scenarios
+/// A lesson, the page server, and two pages (Alice's and Bob's) that have their ids.
+struct Chat {
+    alice: Page,
+    bob: Page,
+    alice_id: String,
+    _servers: [RunningServer; 2],
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_pages_chat_through_lesson03() -> Result<()> {
-    with_browser(|browser| async move {
-        let chat = lesson("lesson03").await?;
+impl Chat {
+    async fn open(browser: &Browser, stage: &str) -> Result<Chat> {
+        let chat = lesson(stage).await?;
         let pages = page_server().await?;
         let url = page_url(&pages, &chat.ws_url());
         let alice = browser.open(&url).await?;
         let bob = browser.open(&url).await?;
         let alice_id = alice.id().await?;
         bob.id().await?;
+        Ok(Chat { alice, bob, alice_id, _servers: [chat, pages] })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_chat_through_lesson03() -> Result<()> {
+    with_browser(|browser| async move {
+        let Chat { alice, bob, alice_id, .. } = &Chat::open(&browser, "lesson03").await?;
 
         alice.say("hello from alice").await?;
         alice.wait_message("own", "hello from alice").await?;
@@ -340,13 +355,7 @@ async fn two_pages_chat_through_the_server() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_message_arrives_on_both_pages() -> Result<()> {
     with_browser(|browser| async move {
-        let chat = lesson("lesson04").await?;
-        let pages = page_server().await?;
-        let url = page_url(&pages, &chat.ws_url());
-        let alice = browser.open(&url).await?;
-        let bob = browser.open(&url).await?;
-        let alice_id = alice.id().await?;
-        bob.id().await?;
+        let Chat { alice, bob, alice_id, .. } = &Chat::open(&browser, "lesson04").await?;
 
         alice.say("/schedule seconds 1 message hi").await?;
         alice.wait_system("scheduled").await?;
@@ -365,13 +374,7 @@ async fn a_scheduled_message_arrives_on_both_pages() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
     with_browser(|browser| async move {
-        let chat = lesson("lesson05").await?;
-        let pages = page_server().await?;
-        let url = page_url(&pages, &chat.ws_url());
-        let alice = browser.open(&url).await?;
-        let bob = browser.open(&url).await?;
-        alice.id().await?;
-        bob.id().await?;
+        let Chat { alice, bob, .. } = &Chat::open(&browser, "lesson05").await?;
 
         alice.say("anyone in the feed?").await?;
         bob.wait_message("other", "anyone in the feed?").await?;
@@ -412,13 +415,7 @@ async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn markup_in_a_message_shows_literally() -> Result<()> {
     with_browser(|browser| async move {
-        let chat = lesson("lesson03").await?;
-        let pages = page_server().await?;
-        let url = page_url(&pages, &chat.ws_url());
-        let alice = browser.open(&url).await?;
-        let bob = browser.open(&url).await?;
-        alice.id().await?;
-        bob.id().await?;
+        let Chat { alice, bob, .. } = &Chat::open(&browser, "lesson03").await?;
 
         let payload = r#"<img src=x onerror="document.body.dataset.pwned=1"><b>bold?</b>"#;
         alice.say(payload).await?;

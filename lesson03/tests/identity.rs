@@ -12,9 +12,7 @@ async fn start() -> RunningServer {
 
 /// Connects and reads the `{"id"}` frame; once it has its id, a client is registered.
 async fn join(server: &RunningServer) -> (Connection, String) {
-    let mut connection = Connection::connect(&server.ws_url()).await.unwrap();
-    let id = connection.recv_id().await.unwrap();
-    (connection, id)
+    Connection::join(&server.ws_url()).await.unwrap()
 }
 
 #[tokio::test]

@@ -10,9 +10,7 @@ async fn start() -> RunningServer {
 }
 
 async fn join(server: &RunningServer) -> (Connection, String) {
-    let mut connection = Connection::connect(&server.ws_url()).await.unwrap();
-    let id = connection.recv_id().await.unwrap();
-    (connection, id)
+    Connection::join(&server.ws_url()).await.unwrap()
 }
 
 fn scheduled(schedule: Value, text: &str) -> Value {

@@ -18,8 +18,7 @@ struct User {
 
 impl User {
     async fn join(server: &RunningServer) -> User {
-        let mut connection = Connection::connect(&server.ws_url()).await.unwrap();
-        let id = connection.recv_id().await.unwrap();
+        let (connection, id) = Connection::join(&server.ws_url()).await.unwrap();
         User { connection, id }
     }
 
