@@ -1,0 +1,136 @@
+//! What the server process costs, read from Linux's `/proc`: CPU time and resident memory.
+//!
+//! The benchmark measures the server from outside, so it works the same for every binary
+//! (lesson05, the finished server, anything else) without instrumenting it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
+
+/// The CPU time a process has used so far, two ways.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTime {
+    /// utime + stime from `/proc/PID/stat`, converted from clock ticks. It includes threads
+    /// that have exited, but its resolution is one tick (10 ms at the usual 100 Hz): too coarse
+    /// for a run in which a fast server spends 50 ms.
+    pub stat_seconds: f64,
+    /// The sum of the first field of `/proc/PID/task/*/schedstat`: nanoseconds on a CPU, per
+    /// live thread. Precise, but it misses threads that have exited (a tokio server's worker
+    /// threads live as long as the process). `None` if the kernel does not provide it.
+    pub schedstat_seconds: Option<f64>,
+}
+
+impl CpuTime {
+    pub fn read(pid: u32) -> Result<CpuTime> {
+        Ok(CpuTime { stat_seconds: stat_cpu_seconds(pid)?, schedstat_seconds: schedstat(pid) })
+    }
+
+    /// CPU seconds from `earlier` to `self`: schedstat when both readings have it, else stat.
+    pub fn since(&self, earlier: &CpuTime) -> f64 {
+        match (self.schedstat_seconds, earlier.schedstat_seconds) {
+            (Some(now), Some(then)) if now >= then => now - then,
+            _ => (self.stat_seconds - earlier.stat_seconds).max(0.0),
+        }
+    }
+}
+
+fn stat_cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // The command name (field 2) is in parentheses and may contain spaces or ')': the fields
+    // that follow start after the *last* ')'. There, field 3 (state) is index 0, so utime
+    // (field 14) is index 11 and stime (field 15) index 12.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| anyhow!("bad {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse().ok())
+            .ok_or_else(|| anyhow!("no CPU time in {path}"))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+fn schedstat(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut nanoseconds: u64 = 0;
+    for task in tasks.flatten() {
+        // A thread may exit between the listing and the read: skip it rather than fail.
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        nanoseconds += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(nanoseconds as f64 / 1e9)
+}
+
+/// Resident memory now (`VmRSS`) and at its peak so far (`VmHWM`), in KiB.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub peak_kib: u64,
+}
+
+impl Memory {
+    pub fn read(pid: u32) -> Result<Memory> {
+        let path = format!("/proc/{pid}/status");
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                .ok_or_else(|| anyhow!("no {name} in {path}"))
+        };
+        Ok(Memory { rss_kib: field("VmRSS:")?, peak_kib: field("VmHWM:")? })
+    }
+}
+
+/// Reads the server's resident memory every `period` in a background task and keeps the
+/// largest value, as a second opinion next to the kernel's own high-water mark.
+pub struct RssSampler {
+    peak_kib: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32, period: Duration) -> RssSampler {
+        let peak_kib = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (peak_kib, stop) = (peak_kib.clone(), stop.clone());
+            async move {
+                let mut ticks = tokio::time::interval(period);
+                while !stop.load(Ordering::Relaxed) {
+                    ticks.tick().await;
+                    match Memory::read(pid) {
+                        Ok(memory) => peak_kib.fetch_max(memory.rss_kib, Ordering::Relaxed),
+                        Err(_) => break, // the process is gone
+                    };
+                }
+            }
+        });
+        RssSampler { peak_kib, stop, task }
+    }
+
+    /// Stops sampling and returns the largest resident size seen, in KiB.
+    pub async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peak_kib.load(Ordering::Relaxed)
+    }
+}
+
+/// Checks up front that `pid` names a process we can read, so that a typo fails at once.
+pub fn check_readable(pid: u32) -> Result<()> {
+    Memory::read(pid).map(drop).with_context(|| format!("server process {pid} is not readable"))
+}

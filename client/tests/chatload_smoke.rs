@@ -1,0 +1,163 @@
+//! The benchmark's smoke configuration: a small fanout and a small idle run of the real
+//! `chatload` binary against lesson05 and the finished server. It fails on any lost,
+//! duplicated or out-of-order delivery and on any dropped connection, never on a time.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use client::RunningServer;
+use client::running::workspace_binary;
+use serde_json::Value;
+use tokio::process::Command;
+
+/// Far more than a smoke run needs; chatload's own `--deadline` ends it sooner.
+const RUN_LIMIT: Duration = Duration::from_secs(90);
+
+/// Runs chatload with `args` plus `--json`, and returns its exit success and its report.
+async fn chatload(args: &[&str]) -> Result<(bool, Value, String)> {
+    let run = Command::new(env!("CARGO_BIN_EXE_chatload"))
+        .args(args)
+        .args(["--json", "--deadline", "30"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RUN_LIMIT, run).await.context("chatload did not end")??;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stdout.lines().last().unwrap_or_default();
+    let report = serde_json::from_str(last)
+        .with_context(|| format!("no JSON report; stdout: {stdout}\nstderr: {stderr}"))?;
+    Ok((output.status.success(), report, stdout))
+}
+
+fn count(report: &Value, key: &str) -> u64 {
+    report[key].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Every expected delivery arrived exactly once and in order, and nothing else arrived.
+fn assert_clean_fanout(report: &Value, expected: u64, text: &str) {
+    assert_eq!(count(report, "expected_deliveries"), expected, "{text}");
+    assert_eq!(count(report, "deliveries"), expected, "{text}");
+    for key in ["lost", "duplicates", "out_of_order", "unexpected_frames", "receivers_failed"] {
+        assert_eq!(count(report, key), 0, "{key} in {text}");
+    }
+}
+
+async fn smoke(program: &str, args: &[&str]) -> Result<()> {
+    let server = RunningServer::start(workspace_binary(program)?, args).await?;
+    let url = server.ws_url();
+    let pid = server.pid().context("the server exited")?.to_string();
+
+    // As fast as a small window allows: 20 clients, 2 senders x 50 messages, 19 receivers each.
+    let (ok, report, text) = chatload(&[
+        "fanout",
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--senders",
+        "2",
+        "--messages",
+        "50",
+        "--window",
+        "4",
+        "--server-pid",
+        &pid,
+    ])
+    .await?;
+    assert_clean_fanout(&report, 2 * 50 * 19, &text);
+    assert!(report["server"]["cpu_us_per_delivery"].is_number(), "{text}");
+    assert!(ok, "chatload fanout failed: {text}");
+
+    // At a fixed rate, the other way of pacing.
+    let (ok, report, text) = chatload(&[
+        "fanout",
+        "--url",
+        &url,
+        "--clients",
+        "5",
+        "--senders",
+        "1",
+        "--messages",
+        "20",
+        "--rate",
+        "200",
+    ])
+    .await?;
+    assert_clean_fanout(&report, 20 * 4, &text);
+    assert!(ok, "chatload fanout --rate failed: {text}");
+
+    let (ok, report, text) = chatload(&[
+        "idle",
+        "--url",
+        &url,
+        "--clients",
+        "50",
+        "--server-pid",
+        &pid,
+        "--hold",
+        "0.2",
+    ])
+    .await?;
+    assert_eq!(count(&report, "clients"), 50, "{text}");
+    assert_eq!(count(&report, "dropped"), 0, "{text}");
+    assert!(report["server"]["kib_per_connection"].is_number(), "{text}");
+    assert!(ok, "chatload idle failed: {text}");
+    if report["server"]["rss_after_kib"].as_u64().unwrap_or(0) == 0 {
+        bail!("no server memory reading: {text}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn lesson05_delivers_every_message_exactly_once() -> Result<()> {
+    smoke("lesson05", &[]).await
+}
+
+#[tokio::test]
+async fn server_delivers_every_message_exactly_once() -> Result<()> {
+    smoke("server", &["--message-rate", "0"]).await
+}
+
+/// The check must be able to fail: with its default rate limit (10 messages a second after a
+/// burst of 20) the server refuses most of 50 messages sent at once, and chatload says so.
+#[tokio::test]
+async fn reports_the_messages_a_rate_limited_server_refuses() -> Result<()> {
+    let server = RunningServer::start(workspace_binary("server")?, &[]).await?;
+    let (ok, report, text) = chatload(&[
+        "fanout",
+        "--url",
+        &server.ws_url(),
+        "--clients",
+        "3",
+        "--senders",
+        "1",
+        "--messages",
+        "50",
+        "--stall",
+        "2",
+    ])
+    .await?;
+    assert!(!ok, "chatload succeeded although messages were refused: {text}");
+    assert!(count(&report, "lost") > 0, "{text}");
+    assert_eq!(
+        count(&report, "deliveries") + count(&report, "lost"),
+        count(&report, "expected_deliveries"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_targets_that_are_not_loopback() -> Result<()> {
+    for url in ["ws://192.0.2.1:9/", "ws://example.com:9/", "ws://[2001:db8::1]:9/"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_chatload"))
+            .args(["fanout", "--url", url, "--clients", "2", "--deadline", "5"])
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(RUN_LIMIT, output).await.context("chatload hung")??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url} was accepted");
+        assert!(stderr.contains("refusing"), "{url}: {stderr}");
+    }
+    Ok(())
+}
