@@ -11,18 +11,16 @@
 //! visible.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use crate::frame::Frame;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::outbox::Outbox;
 use crate::protocol::Notice;
 
 pub type PeerId = Uuid;
-
-/// A connection's outbound queue: bounded, see `session` for the policy.
-pub type Outbox = mpsc::Sender<Utf8Bytes>;
 
 /// Where a user's messages go: the feed, or one room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,7 +41,7 @@ pub enum Eviction {
 }
 
 struct Peer {
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
     channel: Channel,
     /// Fired when the hub drops this peer on its own initiative.
     evict: oneshot::Sender<Eviction>,
@@ -81,7 +79,7 @@ impl Hub {
     }
 
     /// Puts a new connection in the feed. Refused (`false`) once the server is shutting down.
-    pub fn join(&self, id: PeerId, outbox: Outbox, evict: oneshot::Sender<Eviction>) -> bool {
+    pub fn join(&self, id: PeerId, outbox: Arc<Outbox>, evict: oneshot::Sender<Eviction>) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
@@ -104,7 +102,7 @@ impl Hub {
     }
 
     /// Sends `frame` to everyone else in the sender's channel.
-    pub fn publish(&self, from: PeerId, frame: Utf8Bytes) {
+    pub fn publish(&self, from: PeerId, frame: Frame) {
         let mut state = self.lock();
         let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else { return };
         let mut evicted = Vec::new();
@@ -113,7 +111,7 @@ impl Hub {
     }
 
     /// Sends `frame` to everyone in `channel` (a scheduled message: its sender included).
-    pub fn deliver(&self, channel: Channel, frame: Utf8Bytes) {
+    pub fn deliver(&self, channel: Channel, frame: Frame) {
         let mut state = self.lock();
         let mut evicted = Vec::new();
         state.send_to_channel(channel, None, frame, &mut evicted);
@@ -203,7 +201,7 @@ impl State {
         &mut self,
         channel: Channel,
         skip: Option<PeerId>,
-        frame: Utf8Bytes,
+        frame: Frame,
         evicted: &mut Vec<PeerId>,
     ) {
         match channel {
@@ -226,7 +224,7 @@ impl State {
         }
     }
 
-    fn send_to(&self, id: PeerId, frame: Utf8Bytes, evicted: &mut Vec<PeerId>) {
+    fn send_to(&self, id: PeerId, frame: Frame, evicted: &mut Vec<PeerId>) {
         if let Some(peer) = self.peers.get(&id) {
             offer(id, peer, &frame, evicted);
         }
@@ -271,10 +269,9 @@ impl State {
 }
 
 /// Queues `frame` for one peer without waiting. A full queue means the peer stopped reading:
-/// it is evicted rather than allowed to grow the server's memory. A closed queue means its
-/// session is ending and will remove it itself.
-fn offer(id: PeerId, peer: &Peer, frame: &Utf8Bytes, evicted: &mut Vec<PeerId>) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = peer.outbox.try_send(frame.clone()) {
+/// it is evicted rather than allowed to grow the server's memory (see `outbox`).
+fn offer(id: PeerId, peer: &Peer, frame: &Frame, evicted: &mut Vec<PeerId>) {
+    if peer.outbox.offer(frame.clone()).is_err() {
         evicted.push(id);
     }
 }

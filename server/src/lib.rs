@@ -6,15 +6,17 @@
 //!   shutdown waits on).
 //! - [`session`] runs one connection in one task: frames in pass the [`rate_limit`], are read by
 //!   [`protocol`] (which also uses `client::schedule` for `/schedule` commands) and go to the
-//!   [`hub`] or the [`scheduler`]; frames out come from its bounded queue.
-//! - [`hub`] knows the feed, the rooms and the pairing queue, and fans each frame (serialised
+//!   [`hub`] or the [`scheduler`]; frames out come from its bounded [`outbox`].
+//! - [`hub`] knows the feed, the rooms and the pairing queue, and fans each [`frame`] (encoded
 //!   once) out to the queues of those who should get it, evicting any whose queue is full.
 //! - [`scheduler`] holds scheduled messages and hands them to the hub when they are due.
 //! - [`config`] is the command line; [`serve`] puts it all together and shuts down gracefully.
 
 pub mod config;
 pub mod connections;
+pub mod frame;
 pub mod hub;
+pub mod outbox;
 pub mod protocol;
 pub mod rate_limit;
 pub mod routes;

@@ -2,17 +2,17 @@
 //!
 //! Inbound frames are parsed borrowing from the received bytes, checked against the limits,
 //! and turned into an [`Inbound`]; fields the server does not know are dropped here, so they
-//! can never be relayed. Outbound frames are serialised once into [`Utf8Bytes`], which every
+//! can never be relayed. Outbound frames are serialised once into a [`Frame`], which every
 //! recipient's queue shares by reference count.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+use crate::frame::Frame;
 use client::schedule::{self, Schedule};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::Limits;
 
@@ -201,31 +201,26 @@ struct ErrorFrame<'a> {
     error: &'a str,
 }
 
-fn to_frame(value: &impl Serialize) -> Utf8Bytes {
-    // Only structs of strings are serialised here, which cannot fail.
-    serde_json::to_string(value).expect("a frame of strings always serialises").into()
-}
-
 /// `{"author": ..., "type": "text"|"emoji", "data": {...}}`: serialised once per message.
-pub fn chat_frame(author: &str, body: &Body) -> Utf8Bytes {
+pub fn chat_frame(author: &str, body: &Body) -> Frame {
     let (kind, data) = match body {
         Body::Text(text) => ("text", ChatData::Text { text }),
         Body::Emoji(emoji) => ("emoji", ChatData::Emoji { emoji }),
     };
-    to_frame(&ChatFrame { author, kind, data })
+    Frame::json(&ChatFrame { author, kind, data })
 }
 
 /// `{"id": ...}`, the first frame of every connection.
-pub fn id_frame(id: &str) -> Utf8Bytes {
-    to_frame(&IdFrame { id })
+pub fn id_frame(id: &str) -> Frame {
+    Frame::json(&IdFrame { id })
 }
 
 /// `{"error": ...}`, to the offending sender only.
-pub fn error_frame(reason: &str) -> Utf8Bytes {
-    to_frame(&ErrorFrame { error: reason })
+pub fn error_frame(reason: &str) -> Frame {
+    Frame::json(&ErrorFrame { error: reason })
 }
 
-/// The channel notices never change, so they are built once, at compile time.
+/// The channel notices: a fixed text each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
     Waiting,
@@ -235,8 +230,8 @@ pub enum Notice {
 }
 
 impl Notice {
-    pub fn frame(self) -> Utf8Bytes {
-        Utf8Bytes::from_static(match self {
+    pub fn frame(self) -> Frame {
+        Frame::text(match self {
             Notice::Waiting => r#"{"channel":"random","status":"waiting"}"#,
             Notice::Paired => r#"{"channel":"random","status":"paired"}"#,
             Notice::PartnerLeft => r#"{"channel":"random","status":"partner_left"}"#,

@@ -25,7 +25,7 @@ use crate::connections::Slot;
 use crate::{Server, session};
 
 /// Bytes read from the socket at a time; a larger frame grows the buffer while it arrives.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Outbound bytes gathered before a write is issued (a flush writes them anyway).
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use crate::frame::Frame;
 
 use crate::hub::{Channel, Hub};
 
@@ -35,7 +35,7 @@ impl Scheduler {
         mine: &PendingCount,
         delay: Duration,
         channel: Channel,
-        frame: Utf8Bytes,
+        frame: Frame,
     ) -> Result<(), String> {
         if !reserve(&mine.0, self.max_per_connection) {
             return Err(format!(

@@ -6,6 +6,8 @@
 //! frames into this connection's queue; the task drains whatever has accumulated into the
 //! socket and flushes once, so one system call carries many frames under load.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,26 +16,30 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::Server;
+use crate::frame::Frame;
 use crate::hub::{Eviction, PeerId};
+use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, ChannelRequest, Inbound};
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::scheduler::PendingCount;
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Frames written before one flush: enough to fill a system call, few enough that reading
-/// this connection is not put off for long.
-const MAX_BATCH: usize = 256;
+/// How many times a write waits for more frames before it is flushed.
+const MAX_YIELDS: usize = 4;
+
+/// Frames handed to the kernel in one `writev` at most.
+const MAX_FRAMES_PER_WRITE: usize = 32;
 
 /// How long a close frame may take to leave, and the client's answer to arrive.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -59,7 +65,10 @@ struct Session {
     server: Arc<Server>,
     id: PeerId,
     author: String,
-    outbox: mpsc::Sender<Utf8Bytes>,
+    outbox: Arc<Outbox>,
+    /// Frames taken from the outbox and not yet fully written; a frame cut short by an
+    /// interrupted write stays at the front, trimmed to what is left of it.
+    unwritten: VecDeque<Frame>,
     bucket: TokenBucket,
     pending: PendingCount,
 }
@@ -68,17 +77,13 @@ struct Session {
 pub async fn run(server: Arc<Server>, mut ws: Socket) {
     let id = Uuid::new_v4();
     let author = id.simple().to_string();
-    // The outbound queue. POLICY: it is bounded (`--queue-frames`) and nothing ever waits for
-    // room in it. A client whose queue is full has stopped reading: it is disconnected with
-    // close 1008 (logged as a slow consumer) rather than allowed to grow the server's memory,
-    // and everyone else keeps receiving. The frames in it are shared with every other
-    // recipient, so a full queue costs little more than its slots.
-    let (outbox, mut queue) = mpsc::channel(server.limits.queue_frames.max(2));
+    // The outbound queue, bounded; its policy for clients that stop reading is in `outbox`.
+    let outbox = Arc::new(Outbox::new(server.limits.queue_frames));
     let (evict, mut evicted) = oneshot::channel();
     // Queued before joining, so the id comes first and every broadcast after the join follows.
-    let _ = outbox.try_send(protocol::id_frame(&author));
+    let _ = outbox.offer(protocol::id_frame(&author));
     if !server.hub.join(id, outbox.clone(), evict) {
-        close(&mut ws, CloseCode::Away, "server shutting down").await;
+        close(&mut ws, &mut VecDeque::new(), CloseCode::Away, "server shutting down").await;
         return;
     }
     info!(id = %author, "connected");
@@ -87,31 +92,39 @@ pub async fn run(server: Arc<Server>, mut ws: Socket) {
         server.limits.message_burst,
         Instant::now().into_std(),
     );
-    let mut session =
-        Session { server, id, author, outbox, bucket, pending: PendingCount::default() };
-    let end = session.serve(&mut ws, &mut queue, &mut evicted).await;
+    let mut session = Session {
+        server,
+        id,
+        author,
+        outbox,
+        unwritten: VecDeque::new(),
+        bucket,
+        pending: PendingCount::default(),
+    };
+    let end = session.serve(&mut ws, &mut evicted).await;
     session.server.hub.leave(id);
     let author = &session.author;
+    let unwritten = &mut session.unwritten;
     match end {
         End::Gone => info!(id = %author, "disconnected"),
         End::WriteFailed(error) => info!(id = %author, %error, "disconnected: write failed"),
         End::Silent => info!(id = %author, "disconnected: no answer to pings"),
         End::Evicted(Eviction::SlowConsumer) => {
             info!(id = %author, "disconnected: slow consumer");
-            close(&mut ws, CloseCode::Policy, "too slow: outbound queue full").await;
+            close(&mut ws, unwritten, CloseCode::Policy, "too slow: outbound queue full").await;
         }
         End::Evicted(Eviction::ShuttingDown) => {
             info!(id = %author, "disconnected: server shutting down");
-            close(&mut ws, CloseCode::Away, "server shutting down").await;
+            close(&mut ws, unwritten, CloseCode::Away, "server shutting down").await;
         }
         End::Flooding => {
             info!(id = %author, "disconnected: flooding");
-            close(&mut ws, CloseCode::Policy, "too many messages").await;
+            close(&mut ws, unwritten, CloseCode::Policy, "too many messages").await;
         }
         End::Broken(error) => {
             info!(id = %author, %error, "disconnected: bad frame");
             if let Some((code, reason)) = close_for(&error) {
-                close(&mut ws, code, reason).await;
+                close(&mut ws, unwritten, code, reason).await;
             }
         }
     }
@@ -131,7 +144,21 @@ fn close_for(error: &WsError) -> Option<(CloseCode, &'static str)> {
 /// comes before it. After a read error tungstenite reads no more, so the socket itself is read
 /// and drained (the rest of an oversized frame, say): closing a socket with unread data makes
 /// the kernel reset the connection, which can destroy the close frame on its way.
-async fn close(ws: &mut Socket, code: CloseCode, reason: &'static str) {
+async fn close(
+    ws: &mut Socket,
+    unwritten: &mut VecDeque<Frame>,
+    code: CloseCode,
+    reason: &'static str,
+) {
+    // Frames already taken for this client go first; a frame cut short by an interrupted write
+    // must be finished before any other frame may follow. If that cannot be done in time (a
+    // client that stopped reading), the connection is dropped without a close frame.
+    if !unwritten.is_empty() {
+        let finished = timeout(CLOSE_TIMEOUT, write_frames(ws.get_mut(), unwritten)).await;
+        if !matches!(finished, Ok(Ok(()))) {
+            return;
+        }
+    }
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
     let read_failed = ws.is_terminated();
     let _ = timeout(CLOSE_TIMEOUT, async {
@@ -161,19 +188,14 @@ async fn close(ws: &mut Socket, code: CloseCode, reason: &'static str) {
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        ws: &mut Socket,
-        queue: &mut mpsc::Receiver<Utf8Bytes>,
-        evicted: &mut oneshot::Receiver<Eviction>,
-    ) -> End {
+    async fn serve(&mut self, ws: &mut Socket, evicted: &mut oneshot::Receiver<Eviction>) -> End {
         let ping_interval = self.server.limits.ping_interval();
         let ping_timeout = self.server.limits.ping_timeout();
         let mut last_heard = Instant::now();
         let mut ping = interval_at(last_heard + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let first = tokio::select! {
+            tokio::select! {
                 why = &mut *evicted => return End::Evicted(why.unwrap_or(Eviction::ShuttingDown)),
                 frame = ws.next() => {
                     match frame {
@@ -188,19 +210,19 @@ impl Session {
                         }
                     }
                 }
-                Some(frame) = queue.recv() => Message::Text(frame),
+                _ = self.outbox.ready() => {}
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= ping_timeout {
                         return End::Silent;
                     }
-                    Message::Ping(Bytes::new())
+                    self.unwritten.push_back(Frame::ping());
                 }
-            };
+            }
             // A client that stops reading blocks this write; meanwhile the hub may evict it
             // (its queue filled up) or it may stay silent past the ping timeout.
             tokio::select! {
                 biased;
-                written = write_batch(ws, first, queue) => {
+                written = write_batch(ws, &self.outbox, &mut self.unwritten) => {
                     if let Err(error) = written {
                         return End::WriteFailed(error);
                     }
@@ -268,26 +290,65 @@ impl Session {
     }
 
     /// Queues a frame for this client only; its own full queue makes it a slow consumer too.
-    fn reply(&self, frame: Utf8Bytes) -> Option<End> {
-        match self.outbox.try_send(frame) {
-            Err(mpsc::error::TrySendError::Full(_)) => Some(End::Evicted(Eviction::SlowConsumer)),
-            _ => None,
+    fn reply(&self, frame: Frame) -> Option<End> {
+        match self.outbox.offer(frame) {
+            Err(Full) => Some(End::Evicted(Eviction::SlowConsumer)),
+            Ok(()) => None,
         }
     }
 }
 
-/// Writes `first` and whatever else is already queued, then flushes once.
+/// Writes whatever is queued for this client. Under load more frames are on their way, so it
+/// first lets the tasks producing them run, taking what they queue into the same write, for as
+/// long as that keeps finding more: many frames then go out in one system call.
 async fn write_batch(
     ws: &mut Socket,
-    first: Message,
-    queue: &mut mpsc::Receiver<Utf8Bytes>,
+    outbox: &Outbox,
+    unwritten: &mut VecDeque<Frame>,
 ) -> Result<(), WsError> {
-    ws.feed(first).await?;
-    for _ in 1..MAX_BATCH {
-        match queue.try_recv() {
-            Ok(frame) => ws.feed(Message::Text(frame)).await?,
-            Err(_) => break,
+    outbox.take_all(unwritten);
+    if unwritten.is_empty() {
+        return Ok(()); // a wake-up for frames an earlier batch already took
+    }
+    for _ in 0..MAX_YIELDS {
+        tokio::task::yield_now().await;
+        let before = unwritten.len();
+        outbox.take_all(unwritten);
+        if unwritten.len() == before {
+            break;
         }
     }
-    ws.flush().await
+    // tungstenite may hold bytes of its own for the client (the pong it owes for a ping): they
+    // go out first and whole, so frames never interleave.
+    ws.flush().await?;
+    write_frames(ws.get_mut(), unwritten).await?;
+    Ok(())
+}
+
+/// Writes `frames` to the socket, up to [`MAX_FRAMES_PER_WRITE`] per `writev`. A frame written
+/// only in part stays at the front, trimmed, so that an interrupted write can be finished.
+async fn write_frames(
+    io: &mut TokioIo<Upgraded>,
+    frames: &mut VecDeque<Frame>,
+) -> std::io::Result<()> {
+    while !frames.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
+        for (slice, frame) in slices.iter_mut().zip(frames.iter()) {
+            *slice = IoSlice::new(frame.as_bytes());
+        }
+        let count = frames.len().min(MAX_FRAMES_PER_WRITE);
+        let mut written = io.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while let Some(frame) = frames.front_mut() {
+            if written < frame.len() {
+                frame.advance(written);
+                break;
+            }
+            written -= frame.len();
+            frames.pop_front();
+        }
+    }
+    Ok(())
 }

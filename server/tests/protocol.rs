@@ -180,7 +180,8 @@ fn limits_come_from_the_configuration() {
 
 #[test]
 fn outbound_frames() {
-    let parse_json = |bytes: &str| serde_json::from_str::<Value>(bytes).unwrap();
+    let parse_json =
+        |frame: &server::frame::Frame| serde_json::from_str::<Value>(frame.payload()).unwrap();
     assert_eq!(parse_json(&id_frame("abc")), json!({"id": "abc"}));
     assert_eq!(parse_json(&error_frame("no \"quotes\"")), json!({"error": "no \"quotes\""}));
     assert_eq!(
