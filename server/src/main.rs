@@ -16,6 +16,18 @@ async fn main() -> anyhow::Result<()> {
     // Logs go to stderr: the first line of stdout is the address, for whoever started us.
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
+    // Each connection is a file descriptor: the usual soft limit (1,024) would cap connections
+    // long before --max-connections does. Raise it as far as the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < config.limits.max_connections as u64 => tracing::warn!(
+            limit,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below --max-connections; raise it with `ulimit -n`"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
+
     let address = SocketAddr::new(config.addr, config.port);
     let listener =
         TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;

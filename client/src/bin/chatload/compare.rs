@@ -272,7 +272,7 @@ async fn run_once(
     deadline: Duration,
 ) -> Outcome {
     let result = async {
-        let mut server = RunningServer::start(binary, arguments).await?;
+        let server = RunningServer::start(binary, arguments).await?;
         let pid = server.pid().context("the server has already exited")?;
         let outcome = match workload {
             Workload::Fanout { clients, senders, messages, rate } => {
@@ -302,9 +302,7 @@ async fn run_once(
             }
         };
         // Stop it and wait, so that its teardown does not overlap the next run.
-        // SAFETY: kill only sends a signal to the process we started.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        let _ = server.wait_exit(Duration::from_secs(10)).await;
+        server.stop().await?;
         anyhow::Ok(outcome)
     };
     result.await.unwrap_or_else(|error| Outcome::Failed(format!("{error:#}")))

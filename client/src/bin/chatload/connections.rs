@@ -55,21 +55,7 @@ pub async fn require_loopback(url: &str) -> Result<()> {
 /// connections fit (the usual soft limit is 1,024). A server started from this process
 /// inherits the raised limit. Returns the limit now in force.
 pub fn raise_open_file_limit() -> Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            bail!("getrlimit failed: {}", std::io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                bail!("setrlimit failed: {}", std::io::Error::last_os_error());
-            }
-            limit = raised;
-        }
-    }
-    Ok(limit.rlim_cur)
+    rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit failed")
 }
 
 /// Opens `count` connections to `url`, at most `concurrency` handshakes at a time, and waits
