@@ -39,7 +39,7 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 const MAX_YIELDS: usize = 4;
 
 /// Frames handed to the kernel in one `writev` at most.
-const MAX_FRAMES_PER_WRITE: usize = 32;
+const MAX_FRAMES_PER_WRITE: usize = 256;
 
 /// How long a close frame may take to leave, and the client's answer to arrive.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -332,12 +332,14 @@ async fn write_frames(
     frames: &mut VecDeque<Frame>,
 ) -> std::io::Result<()> {
     while !frames.is_empty() {
-        let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
-        for (slice, frame) in slices.iter_mut().zip(frames.iter()) {
-            *slice = IoSlice::new(frame.as_bytes());
-        }
-        let count = frames.len().min(MAX_FRAMES_PER_WRITE);
-        let mut written = io.write_vectored(&slices[..count]).await?;
+        // On the heap, not in this future: every idle connection's task would carry the array.
+        let slices: Vec<IoSlice> = frames
+            .iter()
+            .take(MAX_FRAMES_PER_WRITE)
+            .map(|frame| IoSlice::new(frame.as_bytes()))
+            .collect();
+        let mut written = io.write_vectored(&slices).await?;
+        drop(slices);
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
