@@ -161,25 +161,19 @@ fn broadcast(hub: &Hub, channel: Channel, skip: Option<&str>, message: Message) 
 /// Pairs `id` with someone waiting alone, or opens a room for `id` to wait in.
 fn join_random(hub: &mut Hub, id: &str) {
     if let Channel::Room(room) = hub.users[id].channel {
-        return notify(hub, id, "random", room_status(&hub.rooms[&room])); // no change
+        let status = if hub.rooms[&room].len() == 2 { "paired" } else { "waiting" };
+        return notify(hub, id, "random", status); // already in a room: only say where
     }
-    let room = match hub.rooms.iter().find(|(_, members)| members.len() == 1) {
-        Some((&room, _)) => room,
-        None => {
-            hub.next_room += 1;
-            hub.next_room
-        }
-    };
+    let waiting = hub.rooms.iter().find(|(_, members)| members.len() == 1);
+    let room = waiting.map_or(hub.next_room + 1, |(&room, _)| room);
+    hub.next_room = hub.next_room.max(room); // a new room takes the next number
     hub.users.get_mut(id).unwrap().channel = Channel::Room(room);
     let members = hub.rooms.entry(room).or_default();
     members.push(id.to_owned());
+    let status = if members.len() == 2 { "paired" } else { "waiting" };
     for member in members.clone() {
-        notify(hub, &member, "random", room_status(&hub.rooms[&room]));
+        notify(hub, &member, "random", status);
     }
-}
-
-fn room_status(members: &[String]) -> &'static str {
-    if members.len() == 2 { "paired" } else { "waiting" }
 }
 
 /// Takes `id` out of any room and back to the feed.
