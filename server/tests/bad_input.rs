@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use client::message::text;
 use client::{Connection, Frame};
-use common::{connect, start, text};
+use common::{connect, start};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame as WsFrame, FrameHeader};

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use client::Connection;
-use common::{connect, connect_url, health, http_get, recv_error, start, text, wait_health};
+use client::message::text;
+use common::{connect, connect_url, health, http_get, recv_error, start, wait_health};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use common::{connect, recv_error, start, text, wait_closed, wait_health};
+use client::message::text;
+use common::{connect, recv_error, start, wait_closed, wait_health};
 use serde_json::json;
 
 #[tokio::test]

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::{connect, rss_kib, start, text, wait_health};
+use client::message::text;
+use common::{connect, rss_kib, start, wait_health};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use client::{Connection, Frame, RunningServer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Starts the server binary on a free port with the given flags.
 pub async fn start(args: &[&str]) -> Result<RunningServer> {
@@ -24,33 +24,14 @@ pub async fn connect(server: &RunningServer) -> Result<Client> {
 }
 
 pub async fn connect_url(url: &str) -> Result<Client> {
-    let mut conn = Connection::connect(url).await?;
-    let id = conn.recv_id().await?;
+    let (conn, id) = Connection::join(url).await?;
     Ok(Client { conn, id })
-}
-
-pub fn text(text: &str) -> Value {
-    json!({"type": "text", "data": {"text": text}})
 }
 
 /// GET `path` on the server; returns the status and the body.
 pub async fn http_get(server: &RunningServer, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port())).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .context("timed out reading an HTTP response")??;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status in {response:?}"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    let response = client::http::get(server.port(), path, &[]).await?;
+    Ok((response.status, response.body))
 }
 
 /// `GET /healthz` as JSON.
@@ -59,10 +40,7 @@ pub async fn health(server: &RunningServer) -> Result<Value> {
     if status != 200 {
         bail!("/healthz answered {status}");
     }
-    // The body may be chunked; the JSON object is the part between the outer braces.
-    let start = body.find('{').context("no JSON in /healthz")?;
-    let end = body.rfind('}').context("no JSON in /healthz")?;
-    Ok(serde_json::from_str(&body[start..=end])?)
+    serde_json::from_str(&body).with_context(|| format!("/healthz is not JSON: {body:?}"))
 }
 
 /// Polls `/healthz` until `check` holds (the server's state changes asynchronously, e.g. a
