@@ -167,6 +167,12 @@ impl Connection {
             .context("closing the connection failed")
     }
 
+    /// A connection over a socket whose handshake the caller made (from a chosen local
+    /// address, with extra headers).
+    pub fn from_socket(socket: Socket) -> Connection {
+        Connection { socket, timeout: DEFAULT_TIMEOUT }
+    }
+
     /// The underlying socket, for callers that read and write at the same time (the benchmark).
     pub fn into_socket(self) -> Socket {
         self.socket

@@ -115,7 +115,7 @@ async fn lesson05_delivers_every_message_exactly_once() -> Result<()> {
 
 #[tokio::test]
 async fn server_delivers_every_message_exactly_once() -> Result<()> {
-    smoke("server", &["--message-rate", "0"]).await
+    smoke("server", &["--message-rate", "0", "--frame-rate", "0"]).await
 }
 
 /// The check must be able to fail: with its default rate limit (10 messages a second after a

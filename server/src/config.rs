@@ -49,9 +49,19 @@ pub struct Limits {
     #[arg(long, default_value_t = 20)]
     pub max_scheduled: usize,
 
+    /// Pending scheduled messages from one client address (all its connections together), so
+    /// that one address can never take the server-wide capacity from everyone.
+    #[arg(long, default_value_t = 100)]
+    pub max_scheduled_per_address: usize,
+
     /// Pending scheduled messages in the whole server.
     #[arg(long, default_value_t = 10_000)]
     pub max_scheduled_total: usize,
+
+    /// Scheduled messages delivered per second at most, whatever came due at once: a pile of
+    /// them is spread out instead of filling every reader's queue in one go.
+    #[arg(long, default_value_t = 20.0)]
+    pub schedule_delivery_rate: f64,
 
     /// Messages per second each connection may send, sustained; 0 turns the limit off.
     #[arg(long, default_value_t = 10.0)]
@@ -61,9 +71,44 @@ pub struct Limits {
     #[arg(long, default_value_t = 20)]
     pub message_burst: u32,
 
-    /// Open WebSocket connections; one more is refused with HTTP 503.
+    /// WebSocket frames per second a connection may send, sustained, whatever their kind
+    /// (pongs, pings, fragments included); a connection over its budget is closed (1008).
+    #[arg(long, default_value_t = 200.0)]
+    pub frame_rate: f64,
+
+    /// Frames a connection may send at once before `--frame-rate` applies (a large message
+    /// may come in many fragments).
+    #[arg(long, default_value_t = 16_384)]
+    pub frame_burst: u32,
+
+    /// Seconds a fragmented message may take to be completed; longer: close 1008.
+    #[arg(long, default_value_t = 10)]
+    pub fragment_timeout_secs: u64,
+
+    /// Open TCP connections, counted from `accept` (plain HTTP and WebSocket alike); one more
+    /// is answered HTTP 503 and closed.
     #[arg(long, default_value_t = 20_000)]
     pub max_connections: usize,
+
+    /// Open TCP connections from one client address (an IPv6 client: its /64); one more is
+    /// answered HTTP 429 and closed. Behind a `--trusted-proxy`, WebSocket connections count
+    /// against the address the proxy forwards.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections_per_address: usize,
+
+    /// A reverse proxy whose `X-Forwarded-For` says who the client is (repeatable). Requests
+    /// from any other peer are taken to come from the peer itself.
+    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    pub trusted_proxies: Vec<IpAddr>,
+
+    /// Seconds an HTTP connection may take to send a request's headers, and may stay idle
+    /// between requests (keep-alive) before it is closed.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Largest request head (request line and headers), in bytes; larger: HTTP 431.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
 
     /// Frames waiting to be written to one connection; a client that lets this fill up is
     /// disconnected (close 1008).
@@ -94,6 +139,14 @@ impl Limits {
 
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_secs(self.ping_timeout_secs.max(1))
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs.max(1))
+    }
+
+    pub fn fragment_timeout(&self) -> Duration {
+        Duration::from_secs(self.fragment_timeout_secs.max(1))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

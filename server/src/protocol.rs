@@ -55,18 +55,16 @@ fn refuse<T>(reason: impl Into<String>) -> Result<T, FrameError> {
 /// The shape of an inbound frame. Unknown fields (`author` included: the server stamps its
 /// own) are ignored by serde and so never reach anyone else.
 #[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
 struct RawFrame<'a> {
     #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    data: Option<RawData<'a>>,
+    data: Option<Object<RawData<'a>>>,
 }
 
 #[derive(Deserialize)]
-#[serde(expecting = "\"data\" as an object, e.g. {\"text\": \"hi\"}")]
 struct RawData<'a> {
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
@@ -77,6 +75,40 @@ struct RawData<'a> {
     schedule: Option<Value>,
 }
 
+/// What an inbound shape is called in the error when something else comes instead.
+trait Expected {
+    const EXPECTED: &'static str;
+}
+
+impl Expected for RawFrame<'_> {
+    const EXPECTED: &'static str = "a JSON object";
+}
+
+impl Expected for RawData<'_> {
+    const EXPECTED: &'static str = "\"data\" as an object, e.g. {\"text\": \"hi\"}";
+}
+
+/// `T`, read only from a JSON object. serde's derived structs also accept an array, filling
+/// the fields by position (`[null, "text", {"text": "hi"}]` would be a chat message), but a
+/// frame is one JSON object (docs/PROTOCOL.md), and so is its `data`.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de> + Expected> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapOnly<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Expected> serde::de::Visitor<'de> for MapOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::EXPECTED)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(MapOnly(std::marker::PhantomData)).map(Object)
+    }
+}
+
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(deserializer).map(Some)
 }
@@ -84,7 +116,7 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
 /// Reads one text frame. Errors name what was wrong, ready to send back.
 pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameError> {
     let raw: RawFrame<'a> = match serde_json::from_str(frame) {
-        Ok(raw) => raw,
+        Ok(Object(raw)) => raw,
         Err(error) if error.is_syntax() || error.is_eof() => {
             return refuse(format!("not valid JSON: {error}"));
         }
@@ -102,7 +134,7 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
             "a message needs \"type\": \"text\" or \"emoji\" (or \"channel\": \"random\" or \"feed\")",
         );
     };
-    let Some(data) = raw.data else {
+    let Some(Object(data)) = raw.data else {
         return refuse(format!("a {kind} message needs \"data\""));
     };
     let mut delay = match &data.schedule {
@@ -149,10 +181,12 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
 
 /// A wire schedule such as `{"hours": 1, "seconds": "9"}`, read by `client::schedule`.
 fn schedule_delay(value: &Value, limits: &Limits) -> Result<Duration, FrameError> {
+    let Value::Object(units) = value else {
+        return refuse("schedule: must be an object such as {\"minutes\": 5}");
+    };
     // Name an unknown unit ourselves: serde's "unknown field" would not say "unit".
-    if let Value::Object(units) = value
-        && let Some(unit) =
-            units.keys().find(|unit| !matches!(unit.as_str(), "hours" | "minutes" | "seconds"))
+    if let Some(unit) =
+        units.keys().find(|unit| !matches!(unit.as_str(), "hours" | "minutes" | "seconds"))
     {
         return refuse(format!("schedule: unknown unit '{unit}' (use hours, minutes or seconds)"));
     }

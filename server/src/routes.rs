@@ -1,12 +1,16 @@
-//! HTTP: the web page at `GET /`, the WebSocket at `/` and `/ws`, and `GET /healthz`.
+//! HTTP: the web page at `GET /`, the WebSocket at `/` and `/ws`, and `GET /healthz`; `HEAD`
+//! wherever `GET` works.
 //!
 //! The WebSocket upgrade is done here rather than with `warp::ws()`: warp's `Ws` does not let
 //! us size tungstenite's read buffer, whose 128 KiB default (zero-filled) would be most of an
-//! idle connection's memory. The handshake itself is a few headers; hyper hands over the
-//! connection, and tokio-tungstenite runs on it with our configuration.
+//! idle connection's memory. The handshake itself is a few headers, checked here as RFC 6455
+//! asks (a bad one gets `400` with the reason); hyper hands over the connection, and
+//! tokio-tungstenite runs on it with our configuration.
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -16,12 +20,14 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::header::{self, HeaderMap, HeaderValue};
-use warp::http::{Response, StatusCode};
+use warp::http::{Response, StatusCode, Version};
 use warp::reply::Reply;
 
 use client::web::{DefaultServer, page};
 
-use crate::connections::Slot;
+use crate::connections::{ClientAddress, RefusalTotals, Ticket};
+use crate::frame_meter::{FrameMeter, MeterLimits};
+use crate::http::{Peer, client_ip};
 use crate::{Server, session};
 
 /// Bytes read from the socket at a time; a larger frame grows the buffer while it arrives.
@@ -37,58 +43,120 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::path::end().or(warp::path!("ws")).unify())
         .and(warp::header::headers_cloned())
         .and_then(|headers: HeaderMap| async move {
-            websocket_key(&headers).ok_or_else(warp::reject::not_found)
+            if is_upgrade(&headers) { Ok(headers) } else { Err(warp::reject::not_found()) }
         })
+        .and(warp::ext::optional::<Version>())
+        .and(warp::ext::optional::<Peer>())
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(move |key: String, on_upgrade: Option<OnUpgrade>| {
-            upgrade(ws_server.clone(), &key, on_upgrade)
+        .map(move |headers, version, peer, on_upgrade| {
+            upgrade(ws_server.clone(), &headers, version, peer, on_upgrade)
         });
     let health = warp::get()
+        .or(warp::head())
+        .unify()
         .and(warp::path!("healthz"))
         .map(move || warp::reply::json(&Health::of(&server)).into_response());
-    websocket.or(health).unify().or(page(DefaultServer::SameOrigin)).unify().boxed()
+    websocket
+        .or(health)
+        .unify()
+        .or(page(DefaultServer::SameOrigin))
+        .unify()
+        .map(|mut response: warp::reply::Response| {
+            // Nothing this server sends is to be sniffed into another type.
+            response
+                .headers_mut()
+                .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            response
+        })
+        .boxed()
 }
 
-/// The client's `Sec-WebSocket-Key`, if this is a WebSocket upgrade request we can serve.
-fn websocket_key(headers: &HeaderMap) -> Option<String> {
-    let has = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .any(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
-    };
-    if !(has(header::CONNECTION, "upgrade")
-        && has(header::UPGRADE, "websocket")
-        && has(header::SEC_WEBSOCKET_VERSION, "13"))
-    {
-        return None;
+/// Whether the client asks to switch to WebSocket (whether it asks well is checked later, so
+/// that a bad handshake gets a reason rather than the web page).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::UPGRADE, "websocket")
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Checks an upgrade request as RFC 6455 (4.2.1) asks; the error is the `400`'s reason.
+fn checked_key(headers: &HeaderMap, version: Option<Version>) -> Result<&str, &'static str> {
+    if version.is_none_or(|version| version < Version::HTTP_11) {
+        return Err("a WebSocket upgrade needs HTTP/1.1");
     }
-    headers.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok().map(str::to_owned)
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err("a WebSocket upgrade needs `Connection: Upgrade`");
+    }
+    if !has_token(headers, header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err("only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)");
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|key| key.to_str().ok())
+        .ok_or("a WebSocket upgrade needs a Sec-WebSocket-Key")?;
+    match BASE64.decode(key.trim()) {
+        Ok(bytes) if bytes.len() == 16 => Ok(key.trim()),
+        _ => Err("Sec-WebSocket-Key must be 16 bytes in base64"),
+    }
 }
 
-/// Answers `101 Switching Protocols` and starts a session on the upgraded connection, or `503`
-/// when every connection slot is taken.
-fn upgrade(server: Arc<Server>, key: &str, on_upgrade: Option<OnUpgrade>) -> warp::reply::Response {
-    let Some(on_upgrade) = on_upgrade else {
-        return status(StatusCode::INTERNAL_SERVER_ERROR, "this connection cannot be upgraded");
+/// Answers `101 Switching Protocols` and starts a session on the upgraded connection; `400`
+/// for a bad handshake; `429` when the client's forwarded address is over its cap.
+fn upgrade(
+    server: Arc<Server>,
+    headers: &HeaderMap,
+    version: Option<Version>,
+    peer: Option<Peer>,
+    on_upgrade: Option<OnUpgrade>,
+) -> warp::reply::Response {
+    let key = match checked_key(headers, version) {
+        Ok(key) => key,
+        Err(reason) => return refuse_upgrade(StatusCode::BAD_REQUEST, reason),
     };
-    let Some(slot) = server.connections.reserve() else {
-        tracing::warn!("refused a connection: --max-connections reached");
-        return status(StatusCode::SERVICE_UNAVAILABLE, "too many connections, try again later");
+    let (Some(peer), Some(on_upgrade)) = (peer, on_upgrade) else {
+        return refuse_upgrade(StatusCode::BAD_REQUEST, "this connection cannot be upgraded");
+    };
+    let trusted = &server.limits.trusted_proxies;
+    let forwarded = headers.get("x-forwarded-for").and_then(|value| value.to_str().ok());
+    let address = ClientAddress::of(client_ip(&peer, forwarded, trusted));
+    // Through a proxy, the proxy's connection is counted already; its client is counted here.
+    let forwarded_ticket: Option<Ticket> = if trusted.contains(&peer.ip) {
+        match server.connections.admit_forwarded(address) {
+            Ok(ticket) => Some(ticket),
+            Err(refusal) => {
+                let (code, reason) = refusal.answer();
+                return refuse_upgrade(StatusCode::from_u16(code).unwrap_or_default(), reason);
+            }
+        }
+    } else {
+        None
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_frame_size(Some(server.limits.max_frame_bytes))
         .max_message_size(Some(server.limits.max_frame_bytes));
+    let meter = MeterLimits {
+        frame_rate: server.limits.frame_rate,
+        frame_burst: server.limits.frame_burst,
+        fragment_timeout: server.limits.fragment_timeout(),
+    };
+    let accept = derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
-        let _slot: Slot = slot; // held for as long as the session runs
+        // Held for as long as the session runs: the connection's places in the counts.
+        let _tickets = (peer.ticket, forwarded_ticket);
+        let _session = server.connections.session();
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
+                let io = FrameMeter::new(TokioIo::new(upgraded), meter);
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                session::run(server, socket).await;
+                session::run(server, socket, address).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
@@ -98,14 +166,18 @@ fn upgrade(server: Arc<Server>, key: &str, on_upgrade: Option<OnUpgrade>) -> war
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
 }
 
-fn status(code: StatusCode, text: &'static str) -> warp::reply::Response {
-    warp::reply::with_status(text, code).into_response()
+/// A refused upgrade: the status, one line of reason, and the connection closed after it (a
+/// client that asked to switch protocols has nothing else to say on it).
+fn refuse_upgrade(code: StatusCode, reason: &'static str) -> warp::reply::Response {
+    let mut response = warp::reply::with_status(format!("{reason}\n"), code).into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// `GET /healthz`.
@@ -114,6 +186,9 @@ struct Health {
     status: &'static str,
     /// Open WebSocket connections.
     connections: usize,
+    /// Open TCP connections of every kind (plain HTTP, this request's own included, and
+    /// WebSocket), the count that `--max-connections` caps.
+    sockets: usize,
     /// Users in the feed.
     feed: usize,
     /// Rooms, with one user waiting or two paired.
@@ -122,6 +197,8 @@ struct Health {
     waiting: usize,
     /// Scheduled messages not yet delivered.
     scheduled: usize,
+    /// Connections turned away or timed out since the start, by reason.
+    refused: RefusalTotals,
 }
 
 impl Health {
@@ -129,11 +206,13 @@ impl Health {
         let census = server.hub.census();
         Health {
             status: "ok",
-            connections: server.connections.open(),
+            connections: server.connections.websockets(),
+            sockets: server.connections.open(),
             feed: census.feed,
             rooms: census.rooms,
             waiting: census.waiting,
             scheduled: server.scheduler.pending(),
+            refused: server.connections.refused().totals(),
         }
     }
 }

@@ -26,14 +26,16 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::Server;
+use crate::connections::ClientAddress;
 use crate::frame::Frame;
+use crate::frame_meter::FrameMeter;
 use crate::hub::{Eviction, PeerId};
 use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, ChannelRequest, Inbound};
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::scheduler::PendingCount;
 
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 
 /// How many times a write waits for more frames before it is flushed.
 const MAX_YIELDS: usize = 4;
@@ -71,10 +73,12 @@ struct Session {
     unwritten: VecDeque<Frame>,
     bucket: TokenBucket,
     pending: PendingCount,
+    /// Where the client connects from, for the per-address cap on schedules.
+    address: ClientAddress,
 }
 
 /// Serves one upgraded connection until it ends.
-pub async fn run(server: Arc<Server>, mut ws: Socket) {
+pub async fn run(server: Arc<Server>, mut ws: Socket, address: ClientAddress) {
     let id = Uuid::new_v4();
     let author = id.simple().to_string();
     // The outbound queue, bounded; its policy for clients that stop reading is in `outbox`.
@@ -100,6 +104,7 @@ pub async fn run(server: Arc<Server>, mut ws: Socket) {
         unwritten: VecDeque::new(),
         bucket,
         pending: PendingCount::default(),
+        address,
     };
     let end = session.serve(&mut ws, &mut evicted).await;
     session.server.hub.leave(id);
@@ -123,7 +128,7 @@ pub async fn run(server: Arc<Server>, mut ws: Socket) {
         }
         End::Broken(error) => {
             info!(id = %author, %error, "disconnected: bad frame");
-            if let Some((code, reason)) = close_for(&error) {
+            if let Some((code, reason)) = close_for(&error, ws.get_ref()) {
                 close(&mut ws, unwritten, code, reason).await;
             }
         }
@@ -131,11 +136,17 @@ pub async fn run(server: Arc<Server>, mut ws: Socket) {
 }
 
 /// The close frame a read error deserves, if the peer is still there to get one.
-fn close_for(error: &WsError) -> Option<(CloseCode, &'static str)> {
+fn close_for<IO>(error: &WsError, meter: &FrameMeter<IO>) -> Option<(CloseCode, &'static str)> {
     match error {
         WsError::Capacity(_) => Some((CloseCode::Size, "frame too large")),
+        WsError::Utf8(_) if meter.saw_close() => {
+            Some((CloseCode::Invalid, "close reason is not valid UTF-8"))
+        }
         WsError::Utf8(_) => Some((CloseCode::Invalid, "text frame is not valid UTF-8")),
         WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
+        WsError::Io(_) => {
+            meter.violation().map(|violation| (CloseCode::Policy, violation.reason()))
+        }
         _ => None,
     }
 }
@@ -154,7 +165,8 @@ async fn close(
     // must be finished before any other frame may follow. If that cannot be done in time (a
     // client that stopped reading), the connection is dropped without a close frame.
     if !unwritten.is_empty() {
-        let finished = timeout(CLOSE_TIMEOUT, write_frames(ws.get_mut(), unwritten)).await;
+        let finished =
+            timeout(CLOSE_TIMEOUT, write_frames(ws.get_mut().inner_mut(), unwritten)).await;
         if !matches!(finished, Ok(Ok(()))) {
             return;
         }
@@ -170,7 +182,7 @@ async fn close(
     if !read_failed {
         return;
     }
-    let io = ws.get_mut();
+    let io = ws.get_mut().inner_mut();
     let _ = timeout(CLOSE_TIMEOUT, async {
         io.shutdown().await?;
         // On the heap: a buffer in the future would cost every idle connection its size.
@@ -279,8 +291,13 @@ impl Session {
                 // The channel it was sent in, now: that is where it will be delivered.
                 let channel = hub.channel_of(self.id)?;
                 let frame = protocol::chat_frame(&self.author, &body);
-                let scheduled =
-                    self.server.scheduler.schedule(&self.pending, delay, channel, frame);
+                let scheduled = self.server.scheduler.schedule(
+                    &self.pending,
+                    self.address,
+                    delay,
+                    channel,
+                    frame,
+                );
                 if let Err(reason) = scheduled {
                     return self.reply(protocol::error_frame(&reason));
                 }
@@ -321,7 +338,7 @@ async fn write_batch(
     // tungstenite may hold bytes of its own for the client (the pong it owes for a ping): they
     // go out first and whole, so frames never interleave.
     ws.flush().await?;
-    write_frames(ws.get_mut(), unwritten).await?;
+    write_frames(ws.get_mut().inner_mut(), unwritten).await?;
     Ok(())
 }
 

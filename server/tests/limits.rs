@@ -93,20 +93,21 @@ async fn schedules_are_capped_per_connection_and_in_delay() -> Result<()> {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_with_503() -> Result<()> {
-    let server = start(&["--max-connections", "2"]).await?;
+    // Every TCP connection counts, plain HTTP too: two WebSockets and one /healthz fill three.
+    let server = start(&["--max-connections", "3"]).await?;
     let a = connect(&server).await?;
     let _b = connect(&server).await?;
+    assert_eq!(common::health(&server).await?["connections"], 2);
+    let _c = connect(&server).await?;
     match tokio_tungstenite::connect_async(server.ws_url()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503);
         }
         Err(other) => bail!("expected HTTP 503, got {other}"),
-        Ok(_) => bail!("a third connection was accepted"),
+        Ok(_) => bail!("a fourth connection was accepted"),
     }
-    // Plain HTTP is not counted against the cap.
-    assert_eq!(common::health(&server).await?["connections"], 2);
     a.conn.close().await?;
-    wait_health(&server, |h| h["connections"] == 1).await?;
+    wait_health(&server, |h| h["connections"] == 2 && h["refused"]["server_full"] == 1).await?;
     connect(&server).await?;
     Ok(())
 }

@@ -18,7 +18,8 @@ const WINDOW: usize = 500;
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_and_memory_stays_bounded() -> Result<()> {
-    let server = start(&["--message-rate", "0", "--queue-frames", "1024"]).await?;
+    let server =
+        start(&["--message-rate", "0", "--frame-rate", "0", "--queue-frames", "1024"]).await?;
     let pid = server.pid().context("no pid")?;
 
     // Connected, handshake done, and then never polled again: it reads nothing, not even pings.

@@ -33,6 +33,13 @@ pub struct CompareArgs {
     /// Each run ends after this many seconds whatever happens.
     #[arg(long, default_value_t = 120)]
     deadline: u64,
+    /// Compare the server against this binary instead of lesson05: an earlier build of the
+    /// server, say, to measure what a change costs (`git worktree add`, build it there).
+    #[arg(long, value_name = "BINARY")]
+    baseline: Option<PathBuf>,
+    /// An argument for the baseline binary (repeat the flag for several).
+    #[arg(long = "baseline-arg", allow_hyphen_values = true)]
+    baseline_args: Vec<String>,
 }
 
 /// The two programs under test.
@@ -167,8 +174,12 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     if limit < 10_100 {
         eprintln!("warning: the open-file limit is {limit}; 10,000 connections will not fit");
     }
-    let binaries = binaries(!args.no_build)?;
-    let mut server_args = vec!["--message-rate".to_owned(), "0".to_owned()];
+    let binaries = binaries(!args.no_build, args.baseline.clone())?;
+    // The load comes from one address as fast as it can: the limits meant for abuse are off.
+    let mut server_args: Vec<String> =
+        ["--message-rate", "0", "--frame-rate", "0", "--max-connections-per-address", "1000000"]
+            .map(str::to_owned)
+            .into();
     server_args.extend(args.server_args.iter().cloned());
 
     // The record says when the measurement started.
@@ -180,7 +191,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
             for &program in configuration.programs {
                 eprint!("{} run {run}/{} {:>8}: ", configuration.name, args.runs, program.name());
                 let arguments: Vec<&str> = match program {
-                    Program::Lesson05 => Vec::new(),
+                    Program::Lesson05 => args.baseline_args.iter().map(String::as_str).collect(),
                     Program::Server => server_args.iter().map(String::as_str).collect(),
                 };
                 let outcome = run_once(
@@ -201,7 +212,8 @@ pub async fn run(args: CompareArgs) -> Result<()> {
         "Command: `cargo run -p client --release --bin chatload -- compare{}`\n",
         command_suffix(&args)
     );
-    println!("{}", table(&results, &selected, args.runs));
+    let first = if args.baseline.is_some() { "baseline" } else { "lesson05" };
+    println!("{}", table(&results, &selected, args.runs, first));
     println!("{}", targets(&results, &selected));
     Ok(())
 }
@@ -217,22 +229,33 @@ fn command_suffix(args: &CompareArgs) -> String {
     for argument in &args.server_args {
         suffix += &format!(" --server-arg={argument}");
     }
+    if let Some(baseline) = &args.baseline {
+        suffix += &format!(" --baseline {}", baseline.display());
+    }
+    for argument in &args.baseline_args {
+        suffix += &format!(" --baseline-arg={argument}");
+    }
     suffix
 }
 
 struct Binaries {
     directory: PathBuf,
+    /// Stands in for lesson05 when given.
+    baseline: Option<PathBuf>,
 }
 
 impl Binaries {
     fn path(&self, program: Program) -> PathBuf {
-        self.directory.join(program.name())
+        match (&self.baseline, program) {
+            (Some(baseline), Program::Lesson05) => baseline.clone(),
+            _ => self.directory.join(program.name()),
+        }
     }
 }
 
 /// Builds lesson05 and server in release mode into the target directory this binary lives in
 /// (target/<profile>/chatload), and returns where they are.
-fn binaries(build: bool) -> Result<Binaries> {
+fn binaries(build: bool, baseline: Option<PathBuf>) -> Result<Binaries> {
     let exe = std::env::current_exe().context("cannot locate chatload itself")?;
     let target_dir = exe
         .parent()
@@ -254,7 +277,7 @@ fn binaries(build: bool) -> Result<Binaries> {
             bail!("cargo build --release -p lesson05 -p server failed");
         }
     }
-    let binaries = Binaries { directory: target_dir.join("release") };
+    let binaries = Binaries { directory: target_dir.join("release"), baseline };
     for program in [Program::Lesson05, Program::Server] {
         let path = binaries.path(program);
         if !path.exists() {
@@ -446,10 +469,10 @@ fn cell(value: Option<f64>, decimals: usize) -> String {
     value.map_or("n/a".into(), |v| format!("{v:.decimals$}"))
 }
 
-fn table(results: &Results, selected: &[usize], runs: usize) -> String {
+fn table(results: &Results, selected: &[usize], runs: usize, first: &str) -> String {
     let mut out = format!(
-        "| config | metric | lesson05 (median of {runs}) | server (median of {runs}) \
-         | server / lesson05 |\n|---|---|---:|---:|---:|\n"
+        "| config | metric | {first} (median of {runs}) | server (median of {runs}) \
+         | server / {first} |\n|---|---|---:|---:|---:|\n"
     );
     let mut row = |name: &str, metric: &str, a: Option<f64>, b: Option<f64>, decimals: usize| {
         let ratio = match (a, b) {
