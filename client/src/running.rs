@@ -24,6 +24,8 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Runs `program` with `PORT=0` and the given arguments, and waits for its address line.
+    /// The finished server keeps nothing on disk (`CHATTERBOX_DATABASE=memory`) unless the
+    /// arguments name a `--database`: tests never leave a database file behind by accident.
     pub async fn start(program: impl AsRef<Path>, args: &[&str]) -> Result<RunningServer> {
         Self::start_on_port(program, args, 0).await
     }
@@ -39,6 +41,7 @@ impl RunningServer {
         let mut child = Command::new(program)
             .args(args)
             .env("PORT", port.to_string())
+            .env("CHATTERBOX_DATABASE", "memory")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -22,6 +22,11 @@ pub struct Config {
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     pub log: String,
 
+    /// Where messages and schedules are kept: a SQLite file (created if missing), or `memory`
+    /// to keep nothing on disk.
+    #[arg(long, env = "CHATTERBOX_DATABASE", default_value = "chatterbox.db")]
+    pub database: String,
+
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -122,6 +127,28 @@ pub struct Limits {
     /// Seconds without hearing anything from a client (not even a pong) before it is dropped.
     #[arg(long, default_value_t = 60)]
     pub ping_timeout_secs: u64,
+
+    /// Feed messages a new connection receives right after its id (0: none).
+    #[arg(long, default_value_t = 50)]
+    pub history: usize,
+
+    /// Messages a reconnecting client (`?after=SEQ`) receives at most; if it missed more, it
+    /// gets the newest this many, after a frame that says how many were skipped.
+    #[arg(long, default_value_t = 1000)]
+    pub resume_max: usize,
+
+    /// Messages in one page of `{"history": {"before": SEQ}}` at most.
+    #[arg(long, default_value_t = 200)]
+    pub page_max: usize,
+
+    /// Messages kept per channel in the store; older ones are deleted in the background.
+    #[arg(long, default_value_t = 10_000)]
+    pub history_keep: usize,
+
+    /// Changes the store holds in memory while it cannot write (disk full, read-only); past
+    /// this, new messages are still delivered but not kept.
+    #[arg(long, default_value_t = 100_000)]
+    pub store_backlog: usize,
 
     /// Seconds to wait for clients to take their close frames at shutdown.
     #[arg(long, default_value_t = 2)]

@@ -1,35 +1,28 @@
-//! The hub: who is connected, the feed, the rooms for two, and the pairing queue.
+//! The hub: who is connected, the feed, the rooms for two, the pairing queue, and each
+//! channel's place in its history.
 //!
-//! It is the one place that knows where a frame must go. Sessions hand it frames already
-//! serialised; it pushes the same bytes into each recipient's bounded outbound queue and never
-//! waits: everything here runs under one `std::sync::Mutex`, held for a few instructions and
-//! never across an `.await`. Pairing must look at the rooms and move a user in one step, so
-//! one lock for all is simpler than finer locks and, with the work this small, not slower.
-//!
-//! Its surface (join, leave, publish, deliver, pair) is what a durable history or several
-//! server processes would hook into later: publishing is the one place a message becomes
-//! visible.
+//! It is the one place that knows where a message must go. Publishing gives a message its
+//! `seq` in its channel, encodes it once, pushes the same bytes into each recipient's bounded
+//! outbound queue, keeps it among the channel's recent messages and hands it to the store;
+//! nothing here waits. Everything runs under one `std::sync::Mutex`, held for a few
+//! instructions and never across an `.await`. Pairing must look at the rooms and move a user
+//! in one step, and a newcomer must get the history and then every later message with no gap
+//! and no duplicate: one lock for all makes both simple, and with the work this small it is
+//! not slower than finer locks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::frame::Frame;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::frame::Frame;
+use crate::message::{Body, Channel, ChatMessage, now_ms};
 use crate::outbox::Outbox;
-use crate::protocol::Notice;
+use crate::protocol::{self, Notice};
+use crate::store::{Change, Store};
 
 pub type PeerId = Uuid;
-
-/// Where a user's messages go: the feed, or one room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    Feed,
-    /// Room numbers are never reused, so a message scheduled for a room that has since
-    /// emptied goes nowhere instead of into strangers' room.
-    Room(u64),
-}
 
 /// Why the hub let go of a connection; the session turns it into a close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +33,24 @@ pub enum Eviction {
     ShuttingDown,
 }
 
+/// What a newcomer gets before the live messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catchup {
+    /// The newest `--history` messages.
+    Latest,
+    /// Everything after this seq (`?after=SEQ`: a client resuming).
+    After(u64),
+}
+
+/// The history settings, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Messages a newcomer gets (`--history`).
+    pub on_join: usize,
+    /// Messages a resuming client gets at most (`--resume-max`).
+    pub resume_max: usize,
+}
+
 struct Peer {
     outbox: Arc<Outbox>,
     channel: Channel,
@@ -47,7 +58,40 @@ struct Peer {
     evict: oneshot::Sender<Eviction>,
 }
 
-#[derive(Default)]
+/// A channel's place in its history: the next seq to give and, for a durable channel, the
+/// newest messages (enough for a newcomer and for a resume), in seq order.
+struct Log {
+    next_seq: u64,
+    recent: VecDeque<Arc<ChatMessage>>,
+    capacity: usize,
+    /// Every message the channel has is in `recent` (none was ever let go).
+    complete: bool,
+}
+
+impl Log {
+    fn new(next_seq: u64, capacity: usize) -> Log {
+        Log { next_seq, recent: VecDeque::new(), capacity, complete: true }
+    }
+
+    fn keep(&mut self, message: Arc<ChatMessage>) {
+        if self.capacity == 0 {
+            self.complete = false;
+            return;
+        }
+        if self.recent.len() == self.capacity {
+            self.recent.pop_front();
+            self.complete = false;
+        }
+        self.recent.push_back(message);
+    }
+
+    /// The messages after `seq`, as far as they are here.
+    fn after(&self, seq: u64) -> impl Iterator<Item = &Arc<ChatMessage>> {
+        let start = self.recent.partition_point(|message| message.seq <= seq);
+        self.recent.range(start..)
+    }
+}
+
 struct State {
     peers: HashMap<PeerId, Peer>,
     /// One or two members each.
@@ -55,6 +99,7 @@ struct State {
     /// Rooms with one member waiting for a partner; the oldest is filled first.
     waiting: BTreeSet<u64>,
     next_room: u64,
+    logs: HashMap<Channel, Log>,
     closed: bool,
 }
 
@@ -66,23 +111,71 @@ pub struct Census {
     pub waiting: usize,
 }
 
-#[derive(Default)]
 pub struct Hub {
     state: Mutex<State>,
+    store: Arc<dyn Store>,
+    limits: HistoryLimits,
 }
 
 impl Hub {
+    /// A hub that goes on from what the store had: each durable channel's next seq and newest
+    /// messages, as [`Store::load`] gives them.
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: HistoryLimits,
+        channels: Vec<(Channel, u64, Vec<ChatMessage>)>,
+    ) -> Hub {
+        let capacity = limits.on_join.max(limits.resume_max);
+        let mut logs = HashMap::new();
+        logs.insert(Channel::Feed, Log::new(1, capacity));
+        for (channel, next_seq, messages) in channels {
+            let mut log = Log::new(next_seq, capacity);
+            // Loaded as many as it holds: older ones may be in the store.
+            log.complete = messages.len() < capacity;
+            for message in messages {
+                log.keep(Arc::new(message));
+            }
+            logs.insert(channel, log);
+        }
+        let state = State {
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            waiting: BTreeSet::new(),
+            next_room: 0,
+            logs,
+            closed: false,
+        };
+        Hub { state: Mutex::new(state), store, limits }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves the maps consistent enough to go on
         // (every change is a single insert or remove), so poisoning is not fatal.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Puts a new connection in the feed. Refused (`false`) once the server is shutting down.
-    pub fn join(&self, id: PeerId, outbox: Arc<Outbox>, evict: oneshot::Sender<Eviction>) -> bool {
+    /// Puts a new connection in the feed, after queueing what it missed (`catchup`): in one
+    /// step, so every message published after the history follows it, none twice, none lost.
+    /// Refused (`false`) once the server is shutting down.
+    pub fn join(
+        &self,
+        id: PeerId,
+        outbox: Arc<Outbox>,
+        evict: oneshot::Sender<Eviction>,
+        catchup: Catchup,
+    ) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
+        }
+        if let Some(log) = state.logs.get(&Channel::Feed) {
+            for frame in catchup_frames(log, catchup, &self.limits) {
+                // A queue too small for the history keeps what fits: the client can ask
+                // for the rest page by page.
+                if outbox.offer(frame).is_err() {
+                    break;
+                }
+            }
         }
         state.peers.insert(id, Peer { outbox, channel: Channel::Feed, evict });
         true
@@ -101,21 +194,68 @@ impl Hub {
         self.lock().peers.get(&id).map(|peer| peer.channel)
     }
 
-    /// Sends `frame` to everyone else in the sender's channel.
-    pub fn publish(&self, from: PeerId, frame: Frame) {
+    /// Says `body` from `from` to everyone else in its channel; its seq, if it was sent.
+    pub fn publish(&self, from: PeerId, author: &Arc<str>, body: Body) -> Option<u64> {
         let mut state = self.lock();
-        let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else { return };
+        let channel = state.peers.get(&from)?.channel;
+        let message = state.stamp(channel, author.clone(), body, false);
+        let seq = message.seq;
         let mut evicted = Vec::new();
-        state.send_to_channel(channel, Some(from), frame, &mut evicted);
+        state.send_to_channel(channel, Some(from), message.frame(), &mut evicted);
+        if channel.is_durable() {
+            self.store.record(Change::Message(message));
+        }
+        state.evict_all(evicted, Eviction::SlowConsumer);
+        Some(seq)
+    }
+
+    /// Delivers a scheduled message to everyone in `channel` (its sender included). The
+    /// store is told the schedule `id` is done in the same change that keeps the message.
+    pub fn deliver_scheduled(
+        &self,
+        id: Option<u64>,
+        channel: Channel,
+        author: Arc<str>,
+        body: Body,
+        late: bool,
+    ) {
+        let mut state = self.lock();
+        if channel != Channel::Feed && !state.logs.contains_key(&channel) {
+            // A room that has emptied: nobody to deliver to, and never anyone again.
+            if let Some(id) = id {
+                self.store.record(Change::Delivered { id, message: None });
+            }
+            return;
+        }
+        let message = state.stamp(channel, author, body, late);
+        let mut evicted = Vec::new();
+        state.send_to_channel(channel, None, message.frame(), &mut evicted);
+        let durable = channel.is_durable().then_some(message);
+        match (id, durable) {
+            (Some(id), message) => self.store.record(Change::Delivered { id, message }),
+            (None, Some(message)) => self.store.record(Change::Message(message)),
+            (None, None) => {}
+        }
         state.evict_all(evicted, Eviction::SlowConsumer);
     }
 
-    /// Sends `frame` to everyone in `channel` (a scheduled message: its sender included).
-    pub fn deliver(&self, channel: Channel, frame: Frame) {
-        let mut state = self.lock();
-        let mut evicted = Vec::new();
-        state.send_to_channel(channel, None, frame, &mut evicted);
-        state.evict_all(evicted, Eviction::SlowConsumer);
+    /// `{"history": {"before": SEQ}}`, answered from the recent messages when they reach
+    /// back far enough; `None` when the store must be asked.
+    pub fn page(
+        &self,
+        channel: Channel,
+        before: u64,
+        limit: usize,
+    ) -> Option<Vec<Arc<ChatMessage>>> {
+        let state = self.lock();
+        let log = state.logs.get(&channel)?;
+        let end = log.recent.partition_point(|message| message.seq < before);
+        let start = match end.checked_sub(limit) {
+            Some(start) => start,
+            None if log.complete => 0,
+            None => return None,
+        };
+        Some(log.recent.range(start..end).cloned().collect())
     }
 
     /// `{"channel": "random"}`: pairs `id` with someone waiting alone, or opens a room for
@@ -137,6 +277,7 @@ impl Hub {
                 None => {
                     state.next_room += 1;
                     state.waiting.insert(state.next_room);
+                    state.logs.insert(Channel::Room(state.next_room), Log::new(1, 0));
                     state.next_room
                 }
             };
@@ -192,23 +333,71 @@ impl Hub {
     }
 }
 
+/// The frames a newcomer gets before the live ones.
+fn catchup_frames(log: &Log, catchup: Catchup, limits: &HistoryLimits) -> Vec<Frame> {
+    let newest = log.next_seq - 1;
+    let newest_kept = |count: usize| log.recent.range(log.recent.len().saturating_sub(count)..);
+    let (notice, messages): (Option<Frame>, Vec<&Arc<ChatMessage>>) = match catchup {
+        Catchup::Latest => (None, newest_kept(limits.on_join).collect()),
+        Catchup::After(seq) if seq > newest => {
+            // The client saw more than there is: the store was wiped or replaced.
+            let notice = protocol::history_reset_frame(seq, newest);
+            (Some(notice), newest_kept(limits.on_join).collect())
+        }
+        Catchup::After(seq) => {
+            let missed: Vec<_> = log.after(seq).collect();
+            // Everything after `seq` is here if something at or before it is, or if nothing
+            // was ever let go. (Seqs may have gaps, after a crash: count messages, not seqs.)
+            let whole = missed.len() < log.recent.len() || log.complete;
+            if whole && missed.len() <= limits.resume_max {
+                (None, missed)
+            } else {
+                let sent = &missed[missed.len().saturating_sub(limits.resume_max)..];
+                let skipped = whole.then(|| (missed.len() - sent.len()) as u64);
+                let first = sent.first().map_or(log.next_seq, |message| message.seq);
+                (Some(protocol::history_skipped_frame(seq, skipped, first)), sent.to_vec())
+            }
+        }
+    };
+    notice
+        .into_iter()
+        .chain(messages.into_iter().map(|message| message.history_frame().clone()))
+        .collect()
+}
+
 fn simple(id: Option<PeerId>) -> String {
     id.map(|id| id.simple().to_string()).unwrap_or_default()
 }
 
 impl State {
+    /// Gives a message its seq in `channel` and keeps it among the recent ones.
+    fn stamp(
+        &mut self,
+        channel: Channel,
+        author: Arc<str>,
+        body: Body,
+        late: bool,
+    ) -> Arc<ChatMessage> {
+        let log = self.logs.entry(channel).or_insert_with(|| Log::new(1, 0));
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        let message = Arc::new(ChatMessage::new(channel, seq, author, body, now_ms(), late));
+        log.keep(message.clone());
+        message
+    }
+
     fn send_to_channel(
         &mut self,
         channel: Channel,
         skip: Option<PeerId>,
-        frame: Frame,
+        frame: &Frame,
         evicted: &mut Vec<PeerId>,
     ) {
         match channel {
             Channel::Feed => {
                 for (&id, peer) in &self.peers {
                     if peer.channel == Channel::Feed && Some(id) != skip {
-                        offer(id, peer, &frame, evicted);
+                        offer(id, peer, frame, evicted);
                     }
                 }
             }
@@ -217,7 +406,7 @@ impl State {
                     if Some(id) != skip
                         && let Some(peer) = self.peers.get(&id)
                     {
-                        offer(id, peer, &frame, evicted);
+                        offer(id, peer, frame, evicted);
                     }
                 }
             }
@@ -245,6 +434,7 @@ impl State {
             None => {
                 self.rooms.remove(&room);
                 self.waiting.remove(&room);
+                self.logs.remove(&Channel::Room(room));
             }
         }
     }

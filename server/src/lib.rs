@@ -5,70 +5,115 @@
 //!   is accepted (the caps in total and per address), then hyper serves it with timeouts.
 //! - [`routes`] answers HTTP with warp (the web page, `/healthz`) and performs the WebSocket
 //!   upgrade itself, checking the handshake.
-//! - [`session`] runs one connection in one task: bytes in pass the [`frame_meter`] (a budget
-//!   for every frame, a deadline for fragmented messages), messages pass the [`rate_limit`],
-//!   are read by [`protocol`] (which also uses `client::schedule` for `/schedule` commands)
-//!   and go to the [`hub`] or the [`scheduler`]; frames out come from its bounded [`outbox`].
-//! - [`hub`] knows the feed, the rooms and the pairing queue, and fans each [`frame`] (encoded
-//!   once) out to the queues of those who should get it, evicting any whose queue is full.
-//! - [`scheduler`] holds scheduled messages in one timer task and hands them to the hub, paced,
-//!   when they are due.
+//! - [`session`] runs one connection in one task and only moves frames: bytes in pass the
+//!   [`frame_meter`] (a budget for every frame, a deadline for fragmented messages) and the
+//!   [`rate_limit`], and become a [`command`]; frames out come from its bounded [`outbox`].
+//! - [`command`] is where a frame becomes its effects: [`protocol`] reads it (with the
+//!   `/schedule` grammar from `client::schedule`), and it goes to the hub or the scheduler.
+//! - [`hub`] knows the feed, the rooms and the pairing queue: it gives each [`message`] its
+//!   `seq`, encodes it once into a [`frame`], fans it out to the queues of those who should get
+//!   it (evicting any whose queue is full), keeps the recent ones for newcomers and resumes,
+//!   and hands it to the [`store`].
+//! - [`store`] is the seam for what is kept: [`sqlite`] (a file, written in batches by one
+//!   thread) or in memory.
+//! - [`scheduler`] holds scheduled messages in one timer task (kept in the store too) and
+//!   hands them to the hub, paced, when they are due.
 //! - [`config`] is the command line; [`serve`] puts it all together and shuts down gracefully.
 
+mod command;
 pub mod config;
-pub mod connections;
+mod connections;
 pub mod frame;
 pub mod frame_meter;
-pub mod http;
-pub mod hub;
-pub mod outbox;
+mod http;
+mod hub;
+pub mod message;
+mod outbox;
 pub mod protocol;
-pub mod rate_limit;
-pub mod routes;
-pub mod scheduler;
-pub mod session;
+mod rate_limit;
+mod routes;
+mod scheduler;
+mod session;
+pub mod sqlite;
+pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::config::Limits;
 use crate::connections::Connections;
-use crate::hub::Hub;
+use crate::hub::{HistoryLimits, Hub};
 use crate::scheduler::{ScheduleLimits, Scheduler};
+use crate::store::{MemoryStore, Store};
+
+/// How long shutdown waits for the store to write what was accepted.
+const STORE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection shares.
 pub struct Server {
-    pub hub: Arc<Hub>,
-    pub scheduler: Scheduler,
-    pub connections: Arc<Connections>,
-    pub limits: Limits,
+    hub: Arc<Hub>,
+    scheduler: Scheduler,
+    connections: Arc<Connections>,
+    store: Arc<dyn Store>,
+    limits: Limits,
+}
+
+/// Opens the store `--database` names: `memory`, or a SQLite file. The error is one line,
+/// naming the file and the reason.
+pub fn open_store(database: &str, limits: &Limits) -> Result<Arc<dyn Store>, sqlite::OpenError> {
+    match sqlite::database_path(database) {
+        None => Ok(Arc::new(MemoryStore::new(limits.history_keep))),
+        Some(path) => Ok(Arc::new(sqlite::SqliteStore::open(sqlite::SqliteOptions {
+            path: path.to_path_buf(),
+            keep: limits.history_keep,
+            backlog: limits.store_backlog,
+        })?)),
+    }
 }
 
 impl Server {
-    pub fn new(limits: Limits) -> Arc<Server> {
-        let hub = Arc::new(Hub::default());
+    /// The server's state, going on from what `store` kept.
+    fn new(limits: Limits, store: Arc<dyn Store>) -> anyhow::Result<Arc<Server>> {
+        let history = HistoryLimits { on_join: limits.history, resume_max: limits.resume_max };
+        let loaded = store.load(history.on_join.max(history.resume_max))?;
+        for schedule in &loaded.interrupted {
+            tracing::warn!(
+                id = schedule.id,
+                "a scheduled message was being delivered when the server stopped; \
+                 it is not delivered again (it may not have reached everyone)"
+            );
+        }
+        let hub = Arc::new(Hub::new(store.clone(), history, loaded.channels));
         let scheduler = Scheduler::start(
             hub.clone(),
+            store.clone(),
             ScheduleLimits {
                 per_connection: limits.max_scheduled,
                 per_address: limits.max_scheduled_per_address,
                 total: limits.max_scheduled_total,
                 delivery_rate: limits.schedule_delivery_rate,
             },
+            loaded.schedules,
         );
         let connections =
             Connections::new(limits.max_connections, limits.max_connections_per_address);
-        Arc::new(Server { hub, scheduler, connections, limits })
+        Ok(Arc::new(Server { hub, scheduler, connections, store, limits }))
     }
 }
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, sends every client a
-/// close frame (1001, going away) and returns once they are closed or the grace period is over.
-/// Must be called within a tokio runtime.
-pub async fn serve(listener: TcpListener, limits: Limits, shutdown: impl Future<Output = ()>) {
-    let server = Server::new(limits);
+/// close frame (1001, going away), waits for them up to the grace period, and writes
+/// everything the store was handed before it returns. Must be called within a tokio runtime.
+pub async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = Server::new(limits, store.clone())?;
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(http::accept_loop(
         listener,
@@ -91,4 +136,10 @@ pub async fn serve(listener: TcpListener, limits: Limits, shutdown: impl Future<
         );
     }
     let _ = tokio::time::timeout(grace, http).await;
+    // Everything accepted is in the store's hands by now: write it before the process ends.
+    let closed = tokio::task::spawn_blocking(move || store.close(STORE_FLUSH_TIMEOUT)).await;
+    if !matches!(closed, Ok(true)) {
+        tracing::error!("shutdown: the store could not write everything it was given");
+    }
+    Ok(())
 }

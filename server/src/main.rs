@@ -28,34 +28,40 @@ async fn main() -> anyhow::Result<()> {
         Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
 
+    // The store first: a file the server does not understand is refused before anything runs.
+    let store = match server::open_store(&config.database, &config.limits) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("server: {error}");
+            std::process::exit(1);
+        }
+    };
     let address = SocketAddr::new(config.addr, config.port);
     let listener =
         TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let shutdown = shutdown_signal();
     println!("listening on http://{}", listener.local_addr()?);
-    server::serve(listener, config.limits, shutdown_signal()).await;
-    Ok(())
+    server::serve(listener, config.limits, store, shutdown).await
 }
 
-/// Ctrl-C, or SIGTERM (what `kill`, systemd and container runtimes send).
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C, or SIGTERM (what `kill`, systemd and container runtimes send). The handlers are
+/// installed when this is called, not when the future is first polled: a signal that comes
+/// right after the address line (a test, a supervisor) must already stop the server cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = terminate.recv() => {}
-                }
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    // Ctrl-C's handler is installed on the first poll; poll it once now.
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let _ = futures::FutureExt::now_or_never(&mut ctrl_c);
+    async move {
+        #[cfg(unix)]
+        if let Ok(mut terminate) = terminate {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = ctrl_c.await;
     }
 }

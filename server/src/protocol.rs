@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::config::Limits;
+use crate::message::{ChatMessage, WireChat};
 
 /// A frame a client sent, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub enum Inbound<'a> {
     Join(ChannelRequest),
     /// A text or emoji message, to send now or after `delay`.
     Chat { body: Body<'a>, delay: Option<Duration> },
+    /// `{"history": {"before": SEQ, "limit": N}}`: the messages before SEQ in the sender's
+    /// channel ("load earlier messages"); `limit` is already capped.
+    History { before: u64, limit: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +66,15 @@ struct RawFrame<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     data: Option<Object<RawData<'a>>>,
+    #[serde(default)]
+    history: Option<Object<RawHistory>>,
+}
+
+#[derive(Deserialize)]
+struct RawHistory {
+    before: u64,
+    #[serde(default)]
+    limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +95,11 @@ trait Expected {
 
 impl Expected for RawFrame<'_> {
     const EXPECTED: &'static str = "a JSON object";
+}
+
+impl Expected for RawHistory {
+    const EXPECTED: &'static str =
+        "\"history\" as an object, e.g. {\"before\": 120, \"limit\": 50}";
 }
 
 impl Expected for RawData<'_> {
@@ -113,6 +131,9 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
     Value::deserialize(deserializer).map(Some)
 }
 
+/// Messages in a page of history when the request does not say.
+pub const DEFAULT_PAGE: usize = 50;
+
 /// Reads one text frame. Errors name what was wrong, ready to send back.
 pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameError> {
     let raw: RawFrame<'a> = match serde_json::from_str(frame) {
@@ -128,6 +149,10 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
             "feed" => Ok(Inbound::Join(ChannelRequest::Feed)),
             _ => refuse("channel must be \"random\" or \"feed\""),
         };
+    }
+    if let Some(Object(history)) = raw.history {
+        let limit = history.limit.unwrap_or(DEFAULT_PAGE as u64).min(limits.page_max as u64);
+        return Ok(Inbound::History { before: history.before, limit: limit as usize });
     }
     let Some(kind) = raw.kind else {
         return refuse(
@@ -211,21 +236,6 @@ fn checked_delay(schedule: &Schedule, limits: &Limits) -> Result<Duration, Frame
 // ---- outbound ----
 
 #[derive(Serialize)]
-struct ChatFrame<'a> {
-    author: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    data: ChatData<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ChatData<'a> {
-    Text { text: &'a str },
-    Emoji { emoji: &'a str },
-}
-
-#[derive(Serialize)]
 struct IdFrame<'a> {
     id: &'a str,
 }
@@ -233,15 +243,6 @@ struct IdFrame<'a> {
 #[derive(Serialize)]
 struct ErrorFrame<'a> {
     error: &'a str,
-}
-
-/// `{"author": ..., "type": "text"|"emoji", "data": {...}}`: serialised once per message.
-pub fn chat_frame(author: &str, body: &Body) -> Frame {
-    let (kind, data) = match body {
-        Body::Text(text) => ("text", ChatData::Text { text }),
-        Body::Emoji(emoji) => ("emoji", ChatData::Emoji { emoji }),
-    };
-    Frame::json(&ChatFrame { author, kind, data })
 }
 
 /// `{"id": ...}`, the first frame of every connection.
@@ -252,6 +253,68 @@ pub fn id_frame(id: &str) -> Frame {
 /// `{"error": ...}`, to the offending sender only.
 pub fn error_frame(reason: &str) -> Frame {
     Frame::json(&ErrorFrame { error: reason })
+}
+
+#[derive(Serialize)]
+struct HistoryFrame<'a, T: Serialize> {
+    history: T,
+    #[serde(skip)]
+    _borrow: std::marker::PhantomData<&'a ()>,
+}
+
+#[derive(Serialize)]
+struct Skipped {
+    after: u64,
+    /// How many were skipped, when the server knows without reading the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<u64>,
+    /// The seq of the first message sent after this frame.
+    first: u64,
+}
+
+#[derive(Serialize)]
+struct Reset {
+    reset: bool,
+    after: u64,
+    newest: u64,
+}
+
+#[derive(Serialize)]
+struct Page<'a> {
+    before: u64,
+    messages: Vec<WireChat<'a>>,
+    more: bool,
+}
+
+fn history_frame<T: Serialize>(history: T) -> Frame {
+    Frame::json(&HistoryFrame { history, _borrow: std::marker::PhantomData })
+}
+
+/// `{"history": {"after": A, "skipped": K, "first": F}}`: a resuming client missed more than
+/// `--resume-max`; it gets the newest ones only, from seq F on, and K were skipped (`skipped`
+/// is left out when the count is not known without reading the store). Earlier pages can be
+/// asked for with `before: F`.
+pub fn history_skipped_frame(after: u64, skipped: Option<u64>, first: u64) -> Frame {
+    history_frame(Skipped { after, skipped, first })
+}
+
+/// `{"history": {"reset": true, "after": A, "newest": N}}`: a resuming client saw more than
+/// the server has (its store was wiped or replaced); the latest messages follow as for a
+/// newcomer.
+pub fn history_reset_frame(after: u64, newest: u64) -> Frame {
+    history_frame(Reset { reset: true, after, newest })
+}
+
+/// `{"history": {"before": B, "messages": [...], "more": bool}}`: one page of earlier
+/// messages, oldest first, each a chat frame with `"history": true`; `more` when older ones
+/// may exist.
+pub fn history_page_frame(
+    before: u64,
+    messages: &[impl std::borrow::Borrow<ChatMessage>],
+    more: bool,
+) -> Frame {
+    let messages = messages.iter().map(|message| message.borrow().wire(true)).collect();
+    history_frame(Page { before, messages, more })
 }
 
 /// The channel notices: a fixed text each.

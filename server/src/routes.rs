@@ -28,6 +28,8 @@ use client::web::{DefaultServer, page};
 use crate::connections::{ClientAddress, RefusalTotals, Ticket};
 use crate::frame_meter::{FrameMeter, MeterLimits};
 use crate::http::{Peer, client_ip};
+use crate::hub::Catchup;
+use crate::store::StoreHealth;
 use crate::{Server, session};
 
 /// Bytes read from the socket at a time; a larger frame grows the buffer while it arrives.
@@ -48,8 +50,12 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::ext::optional::<Version>())
         .and(warp::ext::optional::<Peer>())
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(move |headers, version, peer, on_upgrade| {
-            upgrade(ws_server.clone(), &headers, version, peer, on_upgrade)
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .map(move |headers, version, peer, on_upgrade, query: String| {
+            let Some(catchup) = catchup(&query) else {
+                return refuse_upgrade(StatusCode::BAD_REQUEST, "after must be a message seq");
+            };
+            upgrade(ws_server.clone(), &headers, version, peer, on_upgrade, catchup)
         });
     let health = warp::get()
         .or(warp::head())
@@ -69,6 +75,16 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
             response
         })
         .boxed()
+}
+
+/// `?after=SEQ`: a client resuming after the last feed message it saw; without it, a
+/// newcomer. `None` when `after` is not a number.
+fn catchup(query: &str) -> Option<Catchup> {
+    let after = query.split('&').find_map(|pair| pair.strip_prefix("after="));
+    match after {
+        None => Some(Catchup::Latest),
+        Some(seq) => seq.parse().ok().map(Catchup::After),
+    }
 }
 
 /// Whether the client asks to switch to WebSocket (whether it asks well is checked later, so
@@ -114,6 +130,7 @@ fn upgrade(
     version: Option<Version>,
     peer: Option<Peer>,
     on_upgrade: Option<OnUpgrade>,
+    catchup: Catchup,
 ) -> warp::reply::Response {
     let key = match checked_key(headers, version) {
         Ok(key) => key,
@@ -156,7 +173,7 @@ fn upgrade(
             Ok(upgraded) => {
                 let io = FrameMeter::new(TokioIo::new(upgraded), meter);
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                session::run(server, socket, address).await;
+                session::run(server, socket, address, catchup).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
@@ -199,6 +216,8 @@ struct Health {
     scheduled: usize,
     /// Connections turned away or timed out since the start, by reason.
     refused: RefusalTotals,
+    /// `ok`, or `failing` while the store cannot write.
+    store: StoreHealth,
 }
 
 impl Health {
@@ -213,6 +232,7 @@ impl Health {
             waiting: census.waiting,
             scheduled: server.scheduler.pending(),
             refused: server.connections.refused().totals(),
+            store: server.store.health(),
         }
     }
 }

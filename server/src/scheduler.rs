@@ -10,18 +10,34 @@
 //! Delivery is paced: at most `--schedule-delivery-rate` a second, however many came due at
 //! once. Ten thousand schedules set for the same second then arrive over minutes instead of
 //! landing in every reader's queue together and evicting readers that keep up with normal chat.
+//!
+//! Schedules for the feed are kept in the store from the moment they are accepted, and loaded
+//! at start: they fire at their original time, or at once (marked `late`) if that passed while
+//! the server was down. Delivery is ordered so that none is ever delivered twice:
+//! 1. the store marks the schedule as firing, and the timer waits for that to be on disk;
+//! 2. the hub delivers it, and the store removes the schedule and keeps the message in one
+//!    transaction.
+//!
+//! A schedule still marked at start was being delivered when the server stopped between 1 and
+//! the end of 2: it may have reached people, or not. It is not delivered again, and the server
+//! logs that it was interrupted. Random rooms are not kept, and neither are their schedules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::connections::ClientAddress;
-use crate::frame::Frame;
-use crate::hub::{Channel, Hub};
+use crate::hub::Hub;
+use crate::message::{Body, Channel, now_ms};
+use crate::store::{Change, Store, StoredSchedule};
+
+/// How long the timer waits for the store to mark a schedule as firing before it delivers
+/// anyway (a failing disk must not stop schedules).
+const MARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The caps and the pace, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -39,9 +55,14 @@ pub struct PendingCount(Arc<AtomicUsize>);
 
 struct Pending {
     channel: Channel,
-    frame: Frame,
-    sender: PendingCount,
-    address: ClientAddress,
+    author: Arc<str>,
+    body: Body,
+    /// Its time passed while the server was down.
+    late: bool,
+    /// Kept in the store (its channel is durable).
+    stored: bool,
+    /// The sender's count and address; a schedule loaded at start has neither.
+    sender: Option<(PendingCount, ClientAddress)>,
 }
 
 #[derive(Default)]
@@ -57,6 +78,7 @@ struct Shared {
     /// Wakes the timer task when a schedule earlier than all others arrives.
     changed: Notify,
     limits: ScheduleLimits,
+    store: Arc<dyn Store>,
 }
 
 pub struct Scheduler {
@@ -65,21 +87,45 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the timer task, which delivers through `hub`.
-    pub fn start(hub: Arc<Hub>, limits: ScheduleLimits) -> Scheduler {
-        let shared = Arc::new(Shared { state: Mutex::default(), changed: Notify::new(), limits });
+    /// Starts the timer task, which delivers through `hub`, with the schedules the store kept.
+    pub fn start(
+        hub: Arc<Hub>,
+        store: Arc<dyn Store>,
+        limits: ScheduleLimits,
+        kept: Vec<StoredSchedule>,
+    ) -> Scheduler {
+        let mut state = State::default();
+        let (now, now_ms) = (Instant::now(), now_ms());
+        for schedule in kept {
+            let wait = u64::try_from(schedule.due_ms - now_ms).ok();
+            let due = now + Duration::from_millis(wait.unwrap_or(0));
+            state.next_id = state.next_id.max(schedule.id + 1);
+            let pending = Pending {
+                channel: schedule.channel,
+                author: schedule.author,
+                body: schedule.body,
+                late: wait.is_none(),
+                stored: true,
+                sender: None,
+            };
+            state.queue.insert((due, schedule.id), pending);
+        }
+        state.next_id = state.next_id.max(1);
+        let shared =
+            Arc::new(Shared { state: Mutex::new(state), changed: Notify::new(), limits, store });
         let timer = tokio::spawn(run_timer(shared.clone(), hub));
         Scheduler { shared, timer }
     }
 
-    /// Delivers `frame` to `channel` after `delay`, or says why not (the error frame's text).
+    /// Delivers `body` to `channel` after `delay`, or says why not (the error frame's text).
     pub fn schedule(
         &self,
         sender: &PendingCount,
         address: ClientAddress,
         delay: Duration,
         channel: Channel,
-        frame: Frame,
+        author: Arc<str>,
+        body: Body,
     ) -> Result<(), String> {
         let limits = &self.shared.limits;
         let mut state = self.shared.lock();
@@ -104,8 +150,27 @@ impl Scheduler {
         let due = Instant::now() + delay;
         let id = state.next_id;
         state.next_id += 1;
+        let stored = channel.is_durable();
+        if stored {
+            // Kept before the sender hears nothing went wrong: from now on it survives restarts.
+            self.shared.store.record(Change::Schedule(StoredSchedule {
+                id,
+                due_ms: now_ms() + delay.as_millis() as i64,
+                channel,
+                author: author.clone(),
+                body: body.clone(),
+            }));
+        }
         let earliest = state.queue.keys().next().is_none_or(|&(first, _)| due < first);
-        state.queue.insert((due, id), Pending { channel, frame, sender: sender.clone(), address });
+        let pending = Pending {
+            channel,
+            author,
+            body,
+            late: false,
+            stored,
+            sender: Some((sender.clone(), address)),
+        };
+        state.queue.insert((due, id), pending);
         drop(state);
         if earliest {
             self.shared.changed.notify_one();
@@ -130,23 +195,26 @@ impl Shared {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the first schedule if it is due at `now`; otherwise says when the first is due.
-    fn take_due(&self, now: Instant) -> Result<Pending, Option<Instant>> {
+    /// Takes the first schedule (and its id) if it is due at `now`; otherwise says when the
+    /// first is due.
+    fn take_due(&self, now: Instant) -> Result<(u64, Pending), Option<Instant>> {
         let mut state = self.lock();
         let Some(entry) = state.queue.first_entry() else { return Err(None) };
-        let due = entry.key().0;
+        let (due, id) = *entry.key();
         if due > now {
             return Err(Some(due));
         }
         let pending = entry.remove();
-        if let Some(count) = state.per_address.get_mut(&pending.address) {
-            *count -= 1;
-            if *count == 0 {
-                state.per_address.remove(&pending.address);
+        if let Some((count, address)) = &pending.sender {
+            if let Some(from_address) = state.per_address.get_mut(address) {
+                *from_address -= 1;
+                if *from_address == 0 {
+                    state.per_address.remove(address);
+                }
             }
+            count.0.fetch_sub(1, Ordering::Relaxed);
         }
-        pending.sender.0.fetch_sub(1, Ordering::Relaxed);
-        Ok(pending)
+        Ok((id, pending))
     }
 }
 
@@ -163,9 +231,26 @@ async fn run_timer(shared: Arc<Shared>, hub: Arc<Hub>) {
     loop {
         let changed = shared.changed.notified();
         match shared.take_due(Instant::now().max(next_delivery)) {
-            Ok(pending) => {
+            Ok((id, pending)) => {
                 tokio::time::sleep_until(next_delivery).await;
-                hub.deliver(pending.channel, pending.frame);
+                if pending.stored {
+                    let (written, marked) = oneshot::channel();
+                    shared.store.record(Change::Firing { id, written });
+                    if !matches!(tokio::time::timeout(MARK_TIMEOUT, marked).await, Ok(Ok(true))) {
+                        tracing::warn!(
+                            id,
+                            "delivering a schedule whose firing mark is not on disk"
+                        );
+                    }
+                }
+                let id = pending.stored.then_some(id);
+                hub.deliver_scheduled(
+                    id,
+                    pending.channel,
+                    pending.author,
+                    pending.body,
+                    pending.late,
+                );
                 next_delivery = Instant::now().max(next_delivery) + spacing;
             }
             Err(Some(due)) => {
@@ -182,7 +267,9 @@ async fn run_timer(shared: Arc<Shared>, hub: Arc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::{Catchup, HistoryLimits};
     use crate::outbox::Outbox;
+    use crate::store::MemoryStore;
     use std::collections::VecDeque;
 
     fn limits(per_connection: usize, per_address: usize, total: usize) -> ScheduleLimits {
@@ -193,30 +280,42 @@ mod tests {
         ClientAddress::of([127, 0, 0, last].into())
     }
 
-    /// A hub with one member in the feed, and that member's queue.
-    fn hub_with_reader() -> (Arc<Hub>, Arc<Outbox>) {
-        let hub = Arc::new(Hub::default());
+    /// A hub with one member in the feed, that member's queue, and the store behind both.
+    fn hub_with_reader() -> (Arc<Hub>, Arc<Outbox>, Arc<dyn Store>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(100));
+        let history = HistoryLimits { on_join: 0, resume_max: 10 };
+        let hub = Arc::new(Hub::new(store.clone(), history, Vec::new()));
         let outbox = Arc::new(Outbox::new(10_000));
-        let (evict, _) = tokio::sync::oneshot::channel();
-        assert!(hub.join(uuid::Uuid::new_v4(), outbox.clone(), evict));
-        (hub, outbox)
+        let (evict, _) = oneshot::channel();
+        assert!(hub.join(uuid::Uuid::new_v4(), outbox.clone(), evict, Catchup::Latest));
+        (hub, outbox, store)
     }
 
     fn received(outbox: &Outbox) -> Vec<String> {
         let mut batch = VecDeque::new();
         outbox.take_all(&mut batch);
-        batch.iter().map(|frame| frame.payload().to_owned()).collect()
+        batch
+            .iter()
+            .map(|frame| {
+                let value: serde_json::Value = serde_json::from_str(frame.payload()).unwrap();
+                value["data"]["text"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    fn text(text: &str) -> Body {
+        Body::Text(text.into())
     }
 
     #[tokio::test(start_paused = true)]
     async fn delivers_in_due_order_once_each() {
-        let (hub, outbox) = hub_with_reader();
-        let scheduler = Scheduler::start(hub, limits(10, 10, 10));
+        let (hub, outbox, store) = hub_with_reader();
+        let scheduler = Scheduler::start(hub, store, limits(10, 10, 10), Vec::new());
         let mine = PendingCount::default();
-        for (text, secs) in [("c", 3), ("a", 1), ("b", 2)] {
-            let frame = Frame::text(text);
+        for (body, secs) in [("c", 3), ("a", 1), ("b", 2)] {
+            let delay = Duration::from_secs(secs);
             scheduler
-                .schedule(&mine, address(1), Duration::from_secs(secs), Channel::Feed, frame)
+                .schedule(&mine, address(1), delay, Channel::Feed, "x".into(), text(body))
                 .unwrap();
         }
         assert_eq!(scheduler.pending(), 3);
@@ -230,14 +329,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pile_due_at_once_is_paced() {
-        let (hub, outbox) = hub_with_reader();
-        let scheduler = Scheduler::start(hub, limits(100, 100, 100));
+        let (hub, outbox, store) = hub_with_reader();
+        let scheduler = Scheduler::start(hub, store, limits(100, 100, 100), Vec::new());
         let mine = PendingCount::default();
         for n in 0..50 {
-            let frame = Frame::text(&n.to_string());
-            scheduler
-                .schedule(&mine, address(1), Duration::from_secs(1), Channel::Feed, frame)
-                .unwrap();
+            let body = text(&n.to_string());
+            let delay = Duration::from_secs(1);
+            scheduler.schedule(&mine, address(1), delay, Channel::Feed, "x".into(), body).unwrap();
         }
         // 10 a second: after the due time and one more second, about eleven are out.
         tokio::time::sleep(Duration::from_millis(2050)).await;
@@ -250,11 +348,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn caps_per_connection_per_address_and_in_total() {
-        let (hub, _outbox) = hub_with_reader();
-        let scheduler = Scheduler::start(hub, limits(2, 3, 5));
+        let (hub, _outbox, store) = hub_with_reader();
+        let scheduler = Scheduler::start(hub, store, limits(2, 3, 5), Vec::new());
         let later = Duration::from_secs(60);
         let schedule = |count: &PendingCount, last: u8| {
-            scheduler.schedule(count, address(last), later, Channel::Feed, Frame::text("x"))
+            scheduler.schedule(count, address(last), later, Channel::Feed, "x".into(), text("x"))
         };
         let (one, two) = (PendingCount::default(), PendingCount::default());
         assert!(schedule(&one, 1).is_ok() && schedule(&one, 1).is_ok());
@@ -265,5 +363,41 @@ mod tests {
         assert!(schedule(&three, 2).is_ok() && schedule(&three, 2).is_ok());
         assert!(schedule(&four, 3).unwrap_err().contains("the server has too many"));
         assert_eq!(scheduler.pending(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kept_schedules_fire_at_their_time_and_overdue_ones_at_once_marked_late() {
+        let (hub, outbox, store) = hub_with_reader();
+        let kept = |id, due_ms, body: &str| StoredSchedule {
+            id,
+            due_ms,
+            channel: Channel::Feed,
+            author: "x".into(),
+            body: text(body),
+        };
+        let now = now_ms();
+        let kept = vec![kept(7, now + 5_000, "on time"), kept(3, now - 60_000, "overdue")];
+        let scheduler = Scheduler::start(hub, store, limits(10, 10, 10), kept);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut batch = VecDeque::new();
+        outbox.take_all(&mut batch);
+        assert_eq!(batch.len(), 1);
+        assert!(batch[0].payload().contains(r#""text":"overdue""#));
+        assert!(batch[0].payload().ends_with(r#""late":true}"#));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(received(&outbox), ["on time"]);
+        // New ids go on after the kept ones.
+        let mine = PendingCount::default();
+        scheduler
+            .schedule(
+                &mine,
+                address(1),
+                Duration::from_secs(1),
+                Channel::Feed,
+                "x".into(),
+                text("new"),
+            )
+            .unwrap();
+        assert_eq!(scheduler.shared.lock().queue.keys().next().unwrap().1, 8);
     }
 }

@@ -26,12 +26,13 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::Server;
+use crate::command::{Command, Reply, Sender};
 use crate::connections::ClientAddress;
 use crate::frame::Frame;
 use crate::frame_meter::FrameMeter;
-use crate::hub::{Eviction, PeerId};
+use crate::hub::{Catchup, Eviction, PeerId};
 use crate::outbox::{Full, Outbox};
-use crate::protocol::{self, ChannelRequest, Inbound};
+use crate::protocol;
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::scheduler::PendingCount;
 
@@ -66,7 +67,7 @@ enum End {
 struct Session {
     server: Arc<Server>,
     id: PeerId,
-    author: String,
+    author: Arc<str>,
     outbox: Arc<Outbox>,
     /// Frames taken from the outbox and not yet fully written; a frame cut short by an
     /// interrupted write stays at the front, trimmed to what is left of it.
@@ -78,15 +79,15 @@ struct Session {
 }
 
 /// Serves one upgraded connection until it ends.
-pub async fn run(server: Arc<Server>, mut ws: Socket, address: ClientAddress) {
+pub async fn run(server: Arc<Server>, mut ws: Socket, address: ClientAddress, catchup: Catchup) {
     let id = Uuid::new_v4();
-    let author = id.simple().to_string();
+    let author: Arc<str> = id.simple().to_string().into();
     // The outbound queue, bounded; its policy for clients that stop reading is in `outbox`.
     let outbox = Arc::new(Outbox::new(server.limits.queue_frames));
     let (evict, mut evicted) = oneshot::channel();
     // Queued before joining, so the id comes first and every broadcast after the join follows.
     let _ = outbox.offer(protocol::id_frame(&author));
-    if !server.hub.join(id, outbox.clone(), evict) {
+    if !server.hub.join(id, outbox.clone(), evict, catchup) {
         close(&mut ws, &mut VecDeque::new(), CloseCode::Away, "server shutting down").await;
         return;
     }
@@ -279,31 +280,22 @@ impl Session {
 
     fn handle_text(&mut self, text: &str) -> Option<End> {
         debug!(id = %self.author, frame = text, "received");
-        let hub = &self.server.hub;
-        match protocol::parse(text, &self.server.limits) {
+        let command = match Command::from_frame(text, &self.server) {
+            Ok(command) => command,
             Err(error) => return self.reply(protocol::error_frame(&error.0)),
-            Ok(Inbound::Join(ChannelRequest::Random)) => hub.join_random(self.id),
-            Ok(Inbound::Join(ChannelRequest::Feed)) => hub.join_feed(self.id),
-            Ok(Inbound::Chat { body, delay: None }) => {
-                hub.publish(self.id, protocol::chat_frame(&self.author, &body));
-            }
-            Ok(Inbound::Chat { body, delay: Some(delay) }) => {
-                // The channel it was sent in, now: that is where it will be delivered.
-                let channel = hub.channel_of(self.id)?;
-                let frame = protocol::chat_frame(&self.author, &body);
-                let scheduled = self.server.scheduler.schedule(
-                    &self.pending,
-                    self.address,
-                    delay,
-                    channel,
-                    frame,
-                );
-                if let Err(reason) = scheduled {
-                    return self.reply(protocol::error_frame(&reason));
-                }
-            }
+        };
+        let sender = Sender {
+            server: &self.server,
+            id: self.id,
+            author: &self.author,
+            outbox: &self.outbox,
+            pending: &self.pending,
+            address: self.address,
+        };
+        match command.apply(&sender) {
+            Reply::None => None,
+            Reply::Frame(frame) => self.reply(frame),
         }
-        None
     }
 
     /// Queues a frame for this client only; its own full queue makes it a slow consumer too.

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use server::config::Limits;
-use server::protocol::{
-    Body, ChannelRequest, Inbound, Notice, chat_frame, error_frame, id_frame, parse,
-};
+use server::message::{self, Channel, ChatMessage};
+use server::protocol::{Body, ChannelRequest, Inbound, Notice, error_frame, id_frame, parse};
 
 fn text(text: &str, delay: Option<u64>) -> Inbound<'static> {
     Inbound::Chat {
@@ -184,13 +183,14 @@ fn outbound_frames() {
         |frame: &server::frame::Frame| serde_json::from_str::<Value>(frame.payload()).unwrap();
     assert_eq!(parse_json(&id_frame("abc")), json!({"id": "abc"}));
     assert_eq!(parse_json(&error_frame("no \"quotes\"")), json!({"error": "no \"quotes\""}));
+    let chat = |body| ChatMessage::new(Channel::Feed, 3, "me".into(), body, 1_500, false);
     assert_eq!(
-        parse_json(&chat_frame("me", &Body::Text("a \"b\"\n".into()))),
-        json!({"author": "me", "type": "text", "data": {"text": "a \"b\"\n"}})
+        parse_json(chat(message::Body::Text("a \"b\"\n".into())).frame()),
+        json!({"author": "me", "type": "text", "data": {"text": "a \"b\"\n"}, "seq": 3, "at": "1970-01-01T00:00:01.500Z"})
     );
     assert_eq!(
-        parse_json(&chat_frame("me", &Body::Emoji("😋".into()))),
-        json!({"author": "me", "type": "emoji", "data": {"emoji": "😋"}})
+        parse_json(chat(message::Body::Emoji("😋".into())).frame()),
+        json!({"author": "me", "type": "emoji", "data": {"emoji": "😋"}, "seq": 3, "at": "1970-01-01T00:00:01.500Z"})
     );
     let notices = [
         (Notice::Waiting, json!({"channel": "random", "status": "waiting"})),

@@ -59,6 +59,18 @@ pub async fn wait_health(server: &RunningServer, check: impl Fn(&Value) -> bool)
     }
 }
 
+/// A chat frame as the lessons define it: checks the finished server's `seq` (a positive
+/// integer) and `at` (RFC 3339, UTC, milliseconds), then takes them out.
+pub fn lesson_fields(mut frame: Value) -> Value {
+    let object = frame.as_object_mut().expect("a chat frame is an object");
+    let seq = object.remove("seq").and_then(|seq| seq.as_u64());
+    assert!(seq.is_some_and(|seq| seq > 0), "no seq in {frame}");
+    let at = object.remove("at");
+    let at = at.as_ref().and_then(Value::as_str).unwrap_or_default();
+    assert!(at.len() == 24 && at.ends_with('Z'), "bad at {at:?}");
+    frame
+}
+
 /// Reads frames until one is a text frame; a close or the end is an error.
 pub async fn recv_json(conn: &mut Connection) -> Result<Value> {
     conn.recv_json().await

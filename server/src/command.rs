@@ -1,0 +1,113 @@
+//! The command layer: where a frame from a client becomes its effects.
+//!
+//! `Command::from_frame` reads a text frame (through `protocol`), and `apply` carries it out:
+//! a message to the hub, a schedule to the scheduler, a channel change, a page of history
+//! from the hub's recent messages or, further back, from the store. The session around it
+//! only moves frames between the socket and this layer; the hub only knows who gets what.
+
+use std::borrow::Borrow;
+use std::sync::Arc;
+
+use crate::Server;
+use crate::connections::ClientAddress;
+use crate::frame::Frame;
+use crate::hub::PeerId;
+use crate::message::{Body, ChatMessage};
+use crate::outbox::{Full, Outbox};
+use crate::protocol::{self, ChannelRequest, FrameError, Inbound};
+use crate::scheduler::PendingCount;
+
+/// A frame from a client, understood.
+pub struct Command<'a>(Inbound<'a>);
+
+/// Who sent a command, and where its answers go.
+pub struct Sender<'s> {
+    pub server: &'s Arc<Server>,
+    pub id: PeerId,
+    pub author: &'s Arc<str>,
+    pub outbox: &'s Arc<Outbox>,
+    pub pending: &'s PendingCount,
+    pub address: ClientAddress,
+}
+
+/// What the sender is told right away, if anything.
+pub enum Reply {
+    None,
+    /// A frame for the sender only (an error, a page of history).
+    Frame(Frame),
+}
+
+impl<'a> Command<'a> {
+    /// Reads one text frame; the error is the text of the `{"error": ...}` frame to send back.
+    pub fn from_frame(text: &'a str, server: &Server) -> Result<Command<'a>, FrameError> {
+        protocol::parse(text, &server.limits).map(Command)
+    }
+
+    /// Carries the command out.
+    pub fn apply(self, from: &Sender) -> Reply {
+        let server = from.server;
+        let hub = &server.hub;
+        match self.0 {
+            Inbound::Join(ChannelRequest::Random) => hub.join_random(from.id),
+            Inbound::Join(ChannelRequest::Feed) => hub.join_feed(from.id),
+            Inbound::Chat { body, delay: None } => {
+                hub.publish(from.id, from.author, owned(body));
+            }
+            Inbound::Chat { body, delay: Some(delay) } => {
+                // The channel it was sent in, now: that is where it will be delivered.
+                let Some(channel) = hub.channel_of(from.id) else { return Reply::None };
+                let scheduled = server.scheduler.schedule(
+                    from.pending,
+                    from.address,
+                    delay,
+                    channel,
+                    from.author.clone(),
+                    owned(body),
+                );
+                if let Err(reason) = scheduled {
+                    return Reply::Frame(protocol::error_frame(&reason));
+                }
+            }
+            Inbound::History { before, limit } => return page(from, before, limit),
+        }
+        Reply::None
+    }
+}
+
+fn owned(body: protocol::Body) -> Body {
+    match body {
+        protocol::Body::Text(text) => Body::Text(text.into_owned()),
+        protocol::Body::Emoji(emoji) => Body::Emoji(emoji.into_owned()),
+    }
+}
+
+/// A page of earlier messages in the sender's channel: from the hub if it still has them,
+/// else read from the store in a blocking task and queued when it is ready.
+fn page(from: &Sender, before: u64, limit: usize) -> Reply {
+    let server = from.server;
+    let Some(channel) = server.hub.channel_of(from.id) else { return Reply::None };
+    // One more than asked, to know whether there are more.
+    if let Some(messages) = server.hub.page(channel, before, limit + 1) {
+        return Reply::Frame(page_frame(before, &messages, limit));
+    }
+    let store = server.store.clone();
+    let outbox = from.outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        let frame = match store.page(channel, before, limit + 1) {
+            Ok(messages) => page_frame(before, &messages, limit),
+            Err(error) => {
+                tracing::warn!(%error, "reading earlier messages failed");
+                protocol::error_frame("history: earlier messages cannot be read right now")
+            }
+        };
+        // A client whose queue is full is being dropped as a slow consumer anyway.
+        let _: Result<(), Full> = outbox.offer(frame);
+    });
+    Reply::None
+}
+
+fn page_frame<M: Borrow<ChatMessage>>(before: u64, messages: &[M], limit: usize) -> Frame {
+    let more = messages.len() > limit;
+    let messages = &messages[messages.len().saturating_sub(limit)..];
+    protocol::history_page_frame(before, messages, more)
+}

@@ -1,0 +1,189 @@
+//! The typed chat message: what the hub fans out, the store keeps and the scheduler delivers.
+//!
+//! A message is made once, when the hub gives it its place in its channel (the `seq`), and is
+//! encoded to its wire frame once, then: every recipient's queue shares the same bytes. Its
+//! history frame (the same with `"history": true`) is encoded the first time someone needs it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::frame::Frame;
+
+/// Where a message is said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// The feed everyone shares: kept in the store.
+    Feed,
+    /// A random 1:1 room: private and ephemeral, never written anywhere. Room numbers are
+    /// never reused, so a message scheduled for a room that has since emptied goes nowhere
+    /// instead of into strangers' room.
+    Room(u64),
+}
+
+impl Channel {
+    /// Whether its messages are kept (history, resume, the store).
+    pub fn is_durable(self) -> bool {
+        matches!(self, Channel::Feed)
+    }
+
+    /// Its name in the store; only durable channels have one.
+    pub fn store_key(self) -> Option<&'static str> {
+        match self {
+            Channel::Feed => Some("feed"),
+            Channel::Room(_) => None,
+        }
+    }
+}
+
+/// What a chat message says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Text(String),
+    Emoji(String),
+}
+
+impl Body {
+    /// The wire `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Text(_) => "text",
+            Body::Emoji(_) => "emoji",
+        }
+    }
+
+    /// The text or the emoji.
+    pub fn content(&self) -> &str {
+        match self {
+            Body::Text(text) | Body::Emoji(text) => text,
+        }
+    }
+
+    /// From the store's `type` and content; `None` for a type this server does not know.
+    pub fn from_parts(kind: &str, content: String) -> Option<Body> {
+        match kind {
+            "text" => Some(Body::Text(content)),
+            "emoji" => Some(Body::Emoji(content)),
+            _ => None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the server's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
+}
+
+/// A chat message with its place in its channel.
+#[derive(Debug)]
+pub struct ChatMessage {
+    pub channel: Channel,
+    /// 1, 2, 3, … per channel.
+    pub seq: u64,
+    pub author: Arc<str>,
+    pub body: Body,
+    /// When the server accepted it (a scheduled one: when it was delivered).
+    pub at_ms: i64,
+    /// A scheduled message whose time passed while the server was down.
+    pub late: bool,
+    live: OnceLock<Frame>,
+    history: OnceLock<Frame>,
+}
+
+/// `{"author", "type", "data", "seq", "at", "history"?, "late"?}`: the lessons' chat frame with
+/// the finished server's fields beside it.
+#[derive(Serialize)]
+pub struct WireChat<'a> {
+    pub author: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub data: WireData<'a>,
+    pub seq: u64,
+    pub at: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum WireData<'a> {
+    Text { text: &'a str },
+    Emoji { emoji: &'a str },
+}
+
+impl ChatMessage {
+    pub fn new(
+        channel: Channel,
+        seq: u64,
+        author: Arc<str>,
+        body: Body,
+        at_ms: i64,
+        late: bool,
+    ) -> ChatMessage {
+        ChatMessage {
+            channel,
+            seq,
+            author,
+            body,
+            at_ms,
+            late,
+            live: OnceLock::new(),
+            history: OnceLock::new(),
+        }
+    }
+
+    /// As it is fanned out live.
+    pub fn frame(&self) -> &Frame {
+        self.live.get_or_init(|| Frame::json(&self.wire(false)))
+    }
+
+    /// As it is replayed: the same with `"history": true`.
+    pub fn history_frame(&self) -> &Frame {
+        self.history.get_or_init(|| Frame::json(&self.wire(true)))
+    }
+
+    /// The frame's fields, to serialise alone or inside another frame.
+    pub fn wire(&self, history: bool) -> WireChat<'_> {
+        let data = match &self.body {
+            Body::Text(text) => WireData::Text { text },
+            Body::Emoji(emoji) => WireData::Emoji { emoji },
+        };
+        WireChat {
+            author: &self.author,
+            kind: self.body.kind(),
+            data,
+            seq: self.seq,
+            at: rfc3339_millis(self.at_ms),
+            history,
+            late: self.late,
+        }
+    }
+}
+
+/// `2026-12-01T15:04:05.123Z`.
+pub fn rfc3339_millis(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_keeps_the_lessons_fields_and_adds_seq_and_at() {
+        let message =
+            ChatMessage::new(Channel::Feed, 7, "ab".into(), Body::Text("hi".into()), 1_000, false);
+        assert_eq!(
+            message.frame().payload(),
+            r#"{"author":"ab","type":"text","data":{"text":"hi"},"seq":7,"at":"1970-01-01T00:00:01.000Z"}"#
+        );
+        assert!(message.history_frame().payload().ends_with(r#","history":true}"#));
+        let late =
+            ChatMessage::new(Channel::Feed, 1, "ab".into(), Body::Emoji("🎉".into()), 0, true);
+        assert!(late.frame().payload().ends_with(r#","late":true}"#));
+    }
+}

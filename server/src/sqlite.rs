@@ -1,0 +1,620 @@
+//! The SQLite store: one file (`chatterbox.db` unless `--database` says otherwise), written by
+//! one background thread.
+//!
+//! Writing: the hub and the scheduler hand their [`Change`]s to a queue and go on. The writer
+//! thread takes whatever has gathered, writes it in one transaction and commits (the database
+//! is in write-ahead-log mode, and the commit is synced to disk), then takes the next batch.
+//! Under load batches grow, so one commit (one fsync) carries many messages: group commit. A
+//! message is on disk a few milliseconds after it was fanned out; the promise written in the
+//! README is 100 ms.
+//!
+//! When writing fails (disk full, read-only, I/O error), the batch stays in memory (up to
+//! `--store-backlog` changes) and is retried every second; the error is logged at most once
+//! a minute and `/healthz` says `"store": "failing"`. Live chat does not wait for any of this.
+//!
+//! `seq`s are never reused: the `channels` table holds, per channel, a seq the server may go
+//! up to; the writer keeps it well ahead of what has been given. A clean stop brings it back
+//! to the last seq given, so that after a restart seqs go on with no gap; after a crash they
+//! go on after the reserve, so that a seq a client saw in the moments before the crash, but
+//! that never reached the disk, is not given to another message.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::message::{Body, Channel, ChatMessage};
+use crate::store::{Change, Loaded, StoreHealth, StoredSchedule};
+
+/// The schema this binary writes. A file with a higher `user_version` is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Written into every chatterbox database (`PRAGMA application_id`): "CBOX".
+const APPLICATION_ID: i64 = 0x4342_4F58;
+
+/// How far ahead of the last seq given the reservation is kept.
+const SEQ_RESERVE: u64 = 1_000_000;
+
+/// Changes written in one transaction at most.
+const MAX_BATCH: usize = 4096;
+
+/// How often a failing write is retried.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// A failing store is logged at most this often.
+const LOG_FAILURE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often old messages are deleted (`--history-keep`).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the store could not be opened: the one line the server prints before it exits.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path}: not a chatterbox database ({reason}); it was left untouched")]
+    Foreign { path: String, reason: String },
+    #[error(
+        "{path}: its schema is version {found}, newer than this server knows ({SCHEMA_VERSION}); \
+         use a newer server, or another --database. It was left untouched"
+    )]
+    Newer { path: String, found: i64 },
+    #[error("{path}: cannot open it for writing: {reason}")]
+    Unwritable { path: String, reason: String },
+}
+
+/// How the store is set up, from the command line.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    /// Messages kept per channel; older ones are deleted in the background.
+    pub keep: usize,
+    /// Changes held in memory while writing fails; beyond this new ones are not kept.
+    pub backlog: usize,
+}
+
+enum Request {
+    Change(Change),
+    /// Answered once everything before it is written (or could not be).
+    Flush(std::sync::mpsc::SyncSender<bool>),
+}
+
+pub struct SqliteStore {
+    queue: Mutex<Sender<Request>>,
+    reader: Mutex<Connection>,
+    failing: Arc<AtomicBool>,
+    /// Told by the writer thread when it ends, whether it wrote everything.
+    writer: Mutex<Option<Receiver<bool>>>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database and brings its schema up to date. A file that is not a
+    /// chatterbox database, or has a newer schema, is refused before anything is written.
+    pub fn open(options: SqliteOptions) -> Result<SqliteStore, OpenError> {
+        let path = options.path.display().to_string();
+        let unwritable = |reason: String| OpenError::Unwritable { path: path.clone(), reason };
+        let foreign = |reason: String| OpenError::Foreign { path: path.clone(), reason };
+        let connection = Connection::open_with_flags(
+            &options.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|error| unwritable(error.to_string()))?;
+        // Read before anything is written: these fail on a file that is not a database.
+        let read = |sql: &str| connection.query_row(sql, [], |row| row.get::<_, i64>(0));
+        let application_id = read("PRAGMA application_id").map_err(|e| foreign(e.to_string()))?;
+        let version = read("PRAGMA user_version").map_err(|e| foreign(e.to_string()))?;
+        let tables =
+            read("SELECT count(*) FROM sqlite_master").map_err(|e| foreign(e.to_string()))?;
+        if application_id != APPLICATION_ID && (tables > 0 || application_id != 0) {
+            return Err(foreign("a SQLite database of another application".into()));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(OpenError::Newer { path, found: version });
+        }
+        configure(&connection).map_err(|error| unwritable(error.to_string()))?;
+        migrate(&connection, version).map_err(|error| unwritable(error.to_string()))?;
+        let reader = Connection::open_with_flags(
+            &options.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|error| unwritable(error.to_string()))?;
+        let (queue, requests) = mpsc::channel();
+        let failing = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            connection,
+            requests,
+            options,
+            failing: failing.clone(),
+            pending: Vec::new(),
+            acks: Vec::new(),
+            flushes: Vec::new(),
+            seen: HashMap::new(),
+            reserved: HashMap::new(),
+            dropped: 0,
+            last_failure_log: None,
+            last_prune: Instant::now(),
+        };
+        let (finished, writer_finished) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let _ = finished.send(writer.run());
+            })
+            .map_err(|error| unwritable(error.to_string()))?;
+        Ok(SqliteStore {
+            queue: Mutex::new(queue),
+            reader: Mutex::new(reader),
+            failing,
+            writer: Mutex::new(Some(writer_finished)),
+        })
+    }
+
+    fn send(&self, request: Request) -> bool {
+        let queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.send(request).is_ok()
+    }
+}
+
+impl SqliteStore {
+    /// Closes the queue (the writer then writes what is left, brings the reservations back and
+    /// ends) and waits for the writer, up to `limit`.
+    fn stop_writer(&self, limit: Duration) -> bool {
+        let (closed, _) = mpsc::channel();
+        *self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = closed;
+        let finished = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let Some(finished) = finished else { return true };
+        finished.recv_timeout(limit).unwrap_or(false)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop_writer(Duration::from_secs(10));
+    }
+}
+
+/// Write-ahead log, synced commits, and patience with the backup tool's locks.
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Brings the schema from `version` up to [`SCHEMA_VERSION`], one step at a time, each in a
+/// transaction of its own.
+fn migrate(connection: &Connection, version: i64) -> rusqlite::Result<()> {
+    if version < 1 {
+        connection.execute_batch(&format!(
+            "BEGIN;
+             CREATE TABLE messages (
+                 channel TEXT NOT NULL,
+                 seq INTEGER NOT NULL,
+                 author TEXT NOT NULL,
+                 type TEXT NOT NULL,
+                 body TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL,
+                 late INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (channel, seq)
+             ) WITHOUT ROWID;
+             CREATE TABLE channels (
+                 name TEXT PRIMARY KEY,
+                 reserved INTEGER NOT NULL
+             );
+             CREATE TABLE schedules (
+                 id INTEGER PRIMARY KEY,
+                 due_ms INTEGER NOT NULL,
+                 channel TEXT NOT NULL,
+                 author TEXT NOT NULL,
+                 type TEXT NOT NULL,
+                 body TEXT NOT NULL,
+                 firing INTEGER NOT NULL DEFAULT 0
+             );
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = 1;
+             COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
+fn channel_of(name: &str) -> Option<Channel> {
+    (name == "feed").then_some(Channel::Feed)
+}
+
+fn message_from_row(
+    channel: Channel,
+    row: &rusqlite::Row,
+) -> rusqlite::Result<Option<ChatMessage>> {
+    let seq: i64 = row.get("seq")?;
+    let author: String = row.get("author")?;
+    let kind: String = row.get("type")?;
+    let body: String = row.get("body")?;
+    let at_ms: i64 = row.get("at_ms")?;
+    let late: bool = row.get("late")?;
+    Ok(Body::from_parts(&kind, body)
+        .map(|body| ChatMessage::new(channel, seq as u64, author.into(), body, at_ms, late)))
+}
+
+impl crate::store::Store for SqliteStore {
+    fn load(&self, recent: usize) -> anyhow::Result<Loaded> {
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut loaded = Loaded::default();
+        let mut names: Vec<String> = reader
+            .prepare("SELECT name FROM channels UNION SELECT DISTINCT channel FROM messages")?
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if !names.iter().any(|name| name == "feed") {
+            names.push("feed".into());
+        }
+        for name in names {
+            let Some(channel) = channel_of(&name) else { continue };
+            let newest: Option<i64> = reader.query_row(
+                "SELECT max(seq) FROM messages WHERE channel = ?1",
+                [&name],
+                |row| row.get(0),
+            )?;
+            let reserved: Option<i64> = reader
+                .query_row("SELECT reserved FROM channels WHERE name = ?1", [&name], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            let last = newest.unwrap_or(0).max(reserved.unwrap_or(0)) as u64;
+            let mut statement = reader.prepare(
+                "SELECT * FROM (SELECT * FROM messages WHERE channel = ?1 ORDER BY seq DESC LIMIT ?2)
+                 ORDER BY seq",
+            )?;
+            let messages = statement
+                .query_map(params![name, recent as i64], |row| message_from_row(channel, row))?
+                .filter_map(|message| message.transpose())
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            loaded.channels.push((channel, last + 1, messages));
+        }
+        let mut statement = reader.prepare("SELECT * FROM schedules ORDER BY due_ms, id")?;
+        let rows = statement.query_map([], |row| {
+            let channel: String = row.get("channel")?;
+            let kind: String = row.get("type")?;
+            let body: String = row.get("body")?;
+            let author: String = row.get("author")?;
+            let schedule = match (channel_of(&channel), Body::from_parts(&kind, body)) {
+                (Some(channel), Some(body)) => Some(StoredSchedule {
+                    id: row.get::<_, i64>("id")? as u64,
+                    due_ms: row.get("due_ms")?,
+                    channel,
+                    author: author.into(),
+                    body,
+                }),
+                _ => None,
+            };
+            Ok((schedule, row.get::<_, bool>("firing")?))
+        })?;
+        for row in rows {
+            match row? {
+                (Some(schedule), false) => loaded.schedules.push(schedule),
+                (Some(schedule), true) => loaded.interrupted.push(schedule),
+                (None, _) => {}
+            }
+        }
+        drop(statement);
+        drop(reader);
+        // Interrupted deliveries are settled now: removed, not delivered again.
+        for schedule in &loaded.interrupted {
+            self.record(Change::Delivered { id: schedule.id, message: None });
+        }
+        Ok(loaded)
+    }
+
+    fn record(&self, change: Change) {
+        if !self.send(Request::Change(change)) {
+            tracing::error!("the store's writer has stopped; a change was not kept");
+        }
+    }
+
+    fn page(
+        &self,
+        channel: Channel,
+        before: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ChatMessage>> {
+        let Some(name) = channel.store_key() else { return Ok(Vec::new()) };
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut statement = reader.prepare_cached(
+            "SELECT * FROM (SELECT * FROM messages WHERE channel = ?1 AND seq < ?2
+                            ORDER BY seq DESC LIMIT ?3)
+             ORDER BY seq",
+        )?;
+        let messages = statement
+            .query_map(params![name, before.min(i64::MAX as u64) as i64, limit as i64], |row| {
+                message_from_row(channel, row)
+            })?
+            .filter_map(|message| message.transpose())
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .context("reading a page of history")?;
+        Ok(messages)
+    }
+
+    fn flush(&self, limit: Duration) -> bool {
+        let (done, written) = mpsc::sync_channel(1);
+        if !self.send(Request::Flush(done)) {
+            return false;
+        }
+        written.recv_timeout(limit).unwrap_or(false)
+    }
+
+    fn close(&self, limit: Duration) -> bool {
+        self.stop_writer(limit)
+    }
+
+    fn health(&self) -> StoreHealth {
+        if self.failing.load(Ordering::Relaxed) { StoreHealth::Failing } else { StoreHealth::Ok }
+    }
+}
+
+/// The one thread that writes.
+struct Writer {
+    connection: Connection,
+    requests: Receiver<Request>,
+    options: SqliteOptions,
+    failing: Arc<AtomicBool>,
+    /// Changes taken from the queue and not yet written.
+    pending: Vec<Change>,
+    /// Told once the batch they came in is written.
+    acks: Vec<oneshot::Sender<bool>>,
+    flushes: Vec<std::sync::mpsc::SyncSender<bool>>,
+    /// Per channel: the highest seq seen in a change (written or not).
+    seen: HashMap<&'static str, u64>,
+    /// Per channel: the reservation on disk.
+    reserved: HashMap<&'static str, u64>,
+    /// Changes not kept because the backlog was full, since the last log line.
+    dropped: u64,
+    last_failure_log: Option<Instant>,
+    last_prune: Instant,
+}
+
+impl Writer {
+    /// Writes until the queue closes; says whether everything was written in the end.
+    fn run(mut self) -> bool {
+        loop {
+            // Wait for work, but wake up now and then to retry and to prune.
+            let first = match self.requests.recv_timeout(RETRY_EVERY) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut open = true;
+            if let Some(request) = first {
+                self.take(request);
+                // Group commit: whatever else has gathered goes into the same transaction.
+                while self.pending.len() < MAX_BATCH {
+                    match self.requests.try_recv() {
+                        Ok(request) => self.take(request),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            self.write_pending();
+            if self.last_prune.elapsed() >= PRUNE_EVERY && !self.failing.load(Ordering::Relaxed) {
+                self.prune();
+            }
+            if !open {
+                break;
+            }
+        }
+        // The queue closed: the server is stopping. Write what is left, then bring the
+        // reservations back to the last seq given, so the next start goes on without a gap.
+        while let Ok(request) = self.requests.try_recv() {
+            self.take(request);
+        }
+        self.write_pending();
+        if self.pending.is_empty() {
+            self.release_reservations().is_ok()
+        } else {
+            tracing::error!(
+                unwritten = self.pending.len(),
+                "stopping with changes the store could not write"
+            );
+            false
+        }
+    }
+
+    fn take(&mut self, request: Request) {
+        match request {
+            Request::Flush(done) => self.flushes.push(done),
+            Request::Change(change) => {
+                if let Change::Message(message) | Change::Delivered { message: Some(message), .. } =
+                    &change
+                    && let Some(name) = message.channel.store_key()
+                {
+                    let seen = self.seen.entry(name).or_default();
+                    *seen = (*seen).max(message.seq);
+                }
+                if self.pending.len() >= self.options.backlog
+                    && matches!(change, Change::Message(_))
+                {
+                    self.dropped += 1;
+                    return;
+                }
+                self.pending.push(change);
+            }
+        }
+    }
+
+    /// Writes the pending changes in one transaction; on failure keeps them for the retry.
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() && self.flushes.is_empty() {
+            return;
+        }
+        let result =
+            write_batch(&mut self.connection, &self.pending, &self.seen, &mut self.reserved);
+        match result {
+            Ok(()) => {
+                for change in self.pending.drain(..) {
+                    if let Change::Firing { written, .. } = change {
+                        self.acks.push(written);
+                    }
+                }
+                for ack in self.acks.drain(..) {
+                    let _ = ack.send(true);
+                }
+                for flush in self.flushes.drain(..) {
+                    let _ = flush.send(true);
+                }
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("the store is writing again");
+                    self.last_failure_log = None;
+                }
+            }
+            Err(error) => {
+                self.failing.store(true, Ordering::Relaxed);
+                let now = Instant::now();
+                if self.last_failure_log.is_none_or(|at| now - at >= LOG_FAILURE_EVERY) {
+                    self.last_failure_log = Some(now);
+                    tracing::error!(
+                        path = %self.options.path.display(),
+                        %error,
+                        waiting = self.pending.len(),
+                        dropped = self.dropped,
+                        "the store cannot write; retrying every second (chat goes on)"
+                    );
+                    self.dropped = 0;
+                }
+                // Whoever waits for a schedule's mark goes on: a failing disk must not stop
+                // schedules (see the scheduler).
+                for change in &mut self.pending {
+                    if let Change::Firing { written, .. } = change {
+                        let (replaced, _) = oneshot::channel();
+                        let _ = std::mem::replace(written, replaced).send(false);
+                    }
+                }
+                for flush in self.flushes.drain(..) {
+                    let _ = flush.send(false);
+                }
+            }
+        }
+    }
+
+    /// Deletes all but the newest `--history-keep` messages of each channel written to.
+    fn prune(&mut self) {
+        self.last_prune = Instant::now();
+        let keep = self.options.keep as i64;
+        let names: Vec<&'static str> = self.seen.keys().copied().collect();
+        for name in names {
+            let result = self.connection.execute(
+                "DELETE FROM messages WHERE channel = ?1
+                   AND seq <= (SELECT max(seq) FROM messages WHERE channel = ?1) - ?2",
+                params![name, keep],
+            );
+            if let Err(error) = result {
+                tracing::debug!(%error, "pruning old messages failed; will try again");
+            }
+        }
+    }
+
+    fn release_reservations(&mut self) -> rusqlite::Result<()> {
+        let transaction = self.connection.transaction()?;
+        for (name, seen) in &self.seen {
+            transaction.execute(
+                "INSERT INTO channels (name, reserved) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET reserved = excluded.reserved",
+                params![name, *seen as i64],
+            )?;
+        }
+        transaction.commit()?;
+        self.connection.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+        Ok(())
+    }
+}
+
+/// One transaction: every change, then any reservation that must move ahead.
+fn write_batch(
+    connection: &mut Connection,
+    changes: &[Change],
+    seen: &HashMap<&'static str, u64>,
+    reserved: &mut HashMap<&'static str, u64>,
+) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    {
+        let mut insert_message = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO messages (channel, seq, author, type, body, at_ms, late)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut insert_schedule = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO schedules (id, due_ms, channel, author, type, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut mark =
+            transaction.prepare_cached("UPDATE schedules SET firing = 1 WHERE id = ?1")?;
+        let mut remove = transaction.prepare_cached("DELETE FROM schedules WHERE id = ?1")?;
+        for change in changes {
+            let mut insert = |message: &ChatMessage| -> rusqlite::Result<()> {
+                let Some(name) = message.channel.store_key() else { return Ok(()) };
+                insert_message.execute(params![
+                    name,
+                    message.seq as i64,
+                    &*message.author,
+                    message.body.kind(),
+                    message.body.content(),
+                    message.at_ms,
+                    message.late,
+                ])?;
+                Ok(())
+            };
+            match change {
+                Change::Message(message) => insert(message)?,
+                Change::Schedule(schedule) => {
+                    let Some(name) = schedule.channel.store_key() else { continue };
+                    insert_schedule.execute(params![
+                        schedule.id as i64,
+                        schedule.due_ms,
+                        name,
+                        &*schedule.author,
+                        schedule.body.kind(),
+                        schedule.body.content(),
+                    ])?;
+                }
+                Change::Firing { id, .. } => {
+                    mark.execute([*id as i64])?;
+                }
+                Change::Delivered { id, message } => {
+                    remove.execute([*id as i64])?;
+                    if let Some(message) = message {
+                        insert(message)?;
+                    }
+                }
+            }
+        }
+        for (name, &seen) in seen {
+            let current = reserved.get(name).copied().unwrap_or(0);
+            if seen + SEQ_RESERVE / 2 > current {
+                transaction.execute(
+                    "INSERT INTO channels (name, reserved) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET reserved = excluded.reserved",
+                    params![name, (seen + SEQ_RESERVE) as i64],
+                )?;
+            }
+        }
+    }
+    transaction.commit()?;
+    for (name, &seen) in seen {
+        let current = reserved.entry(name).or_default();
+        if seen + SEQ_RESERVE / 2 > *current {
+            *current = seen + SEQ_RESERVE;
+        }
+    }
+    Ok(())
+}
+
+/// The path `--database` names, or `None` for `memory`.
+pub fn database_path(argument: &str) -> Option<&Path> {
+    (argument != "memory").then(|| Path::new(argument))
+}
