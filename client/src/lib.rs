@@ -16,5 +16,5 @@ pub mod running;
 pub mod schedule;
 pub mod web;
 
-pub use connection::{Connection, Frame};
+pub use connection::{Connection, Conversation, Frame};
 pub use running::RunningServer;
