@@ -42,3 +42,8 @@ async fn plain_get_still_says_hello() -> Result<()> {
     assert_eq!(got, (200, r#"{"hello":"world"}"#), "GET / without an upgrade");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_taken_port_is_explained_in_one_line() -> anyhow::Result<()> {
+    client::running::expect_taken_port_explained(env!("CARGO_BIN_EXE_lesson01")).await
+}

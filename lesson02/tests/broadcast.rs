@@ -129,3 +129,8 @@ async fn a_closed_connection_is_forgotten_and_the_rest_keep_chatting() -> Result
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_taken_port_is_explained_in_one_line() -> anyhow::Result<()> {
+    client::running::expect_taken_port_explained(env!("CARGO_BIN_EXE_lesson02")).await
+}

@@ -96,3 +96,8 @@ async fn the_id_comes_first_even_while_others_are_chatting() -> Result<()> {
     }
     newcomers.await?
 }
+
+#[tokio::test]
+async fn a_taken_port_is_explained_in_one_line() -> anyhow::Result<()> {
+    client::running::expect_taken_port_explained(env!("CARGO_BIN_EXE_lesson03")).await
+}

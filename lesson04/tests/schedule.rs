@@ -99,3 +99,8 @@ async fn unscheduled_messages_behave_as_in_lesson03() -> Result<()> {
     alice.expect_error().await?;
     alice.expect_silence(Duration::from_millis(200)).await
 }
+
+#[tokio::test]
+async fn a_taken_port_is_explained_in_one_line() -> anyhow::Result<()> {
+    client::running::expect_taken_port_explained(env!("CARGO_BIN_EXE_lesson04")).await
+}

@@ -196,3 +196,8 @@ async fn an_unknown_channel_is_an_error() -> Result<()> {
     alice.say("fine").await?;
     bob.expect_text(&alice.id, "fine").await
 }
+
+#[tokio::test]
+async fn a_taken_port_is_explained_in_one_line() -> anyhow::Result<()> {
+    client::running::expect_taken_port_explained(env!("CARGO_BIN_EXE_lesson05")).await
+}
