@@ -59,10 +59,13 @@ impl Browser {
                 bail!("the browser tests need {missing}: {install} (CI is set: no skipping)");
             }
             // Written to stderr directly: the test harness would swallow an `eprintln!` of a
-            // passing test, and this line must be seen.
-            use std::io::Write as _;
-            let line = format!("browser tests skipped: {missing} not found; {install}");
-            let _ = writeln!(std::io::stderr(), "{line}");
+            // passing test, and this line must be seen. Once for the whole suite.
+            static SKIPPED: std::sync::Once = std::sync::Once::new();
+            SKIPPED.call_once(|| {
+                use std::io::Write as _;
+                let line = format!("browser tests skipped: {missing} not found; {install}");
+                let _ = writeln!(std::io::stderr(), "{line}");
+            });
             return Ok(None);
         }
 
@@ -407,6 +410,68 @@ async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
         let channel = alice.eval("return document.getElementById('channel').textContent;").await?;
         assert_eq!(channel, json!("feed"));
         bob.screenshot(DOCS_SCREENSHOT).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The header's channel, and the status line.
+async fn header(page: &Page) -> Result<Value> {
+    page.eval("return [document.getElementById('channel').textContent, document.getElementById('status-text').textContent];")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_resets_offline_and_a_bad_address_offers_the_default() -> Result<()> {
+    with_browser(|browser| async move {
+        let chat = lesson("lesson05").await?;
+        let pages = page_server().await?;
+        let alice = browser.open(&page_url(&pages, &chat.ws_url())).await?;
+        alice.id().await?;
+        alice.click("#random").await?;
+        alice.wait_system("waiting").await?;
+        assert_eq!(header(&alice).await?[0], json!("random · waiting"));
+
+        // The server goes away: no channel, no id, while offline.
+        chat.stop().await?;
+        let closed = r#"document.querySelector('#status[data-state="closed"]')"#;
+        alice.wait_for(closed, Value::Null, "the offline status").await?;
+        assert_eq!(header(&alice).await?[0], json!("—"));
+        assert_eq!(alice.eval("return document.body.dataset.id ?? null;").await?, Value::Null);
+
+        // A malformed address from ⚙: the header says so, and the error offers the way back.
+        alice.click("#settings-toggle").await?;
+        let field = alice.session.find(Locator::Id("server-url")).await?;
+        field.clear().await?;
+        field.send_keys(&format!("ftp://127.0.0.1/{}", char::from(Key::Enter))).await?;
+        let offered = "document.querySelector('#errors .error button.action')?.textContent.startsWith(arguments[0])";
+        alice.wait_for(offered, json!("Use default"), "the 'Use default' offer").await?;
+        assert_eq!(header(&alice).await?, json!(["—", "bad server address"]));
+        alice.screenshot("bad-address").await?;
+        alice.click("#errors .error button.action").await?;
+        let back = "window.chatterbox.state.server === arguments[0] && localStorage.getItem('chatterbox.server') === null";
+        alice.wait_for(back, json!("ws://127.0.0.1:8000/"), "the default address").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_on_lesson03_says_the_server_does_not_know_it() -> Result<()> {
+    with_browser(|browser| async move {
+        let Chat { alice, bob, .. } = &Chat::open(&browser, "lesson03").await?;
+
+        alice.say("/schedule seconds 1 message later").await?;
+        alice.wait_system("scheduled").await?;
+        // lesson03 passes it on at once, schedule and all: the other page says so...
+        bob.wait_message("other", "later").await?;
+        bob.wait_system("no-schedules").await?;
+        // ...and the sender learns it when the message does not come back.
+        alice.wait_system("no-schedules").await?;
+        alice.say("/schedule seconds 1 message again").await?;
+        let help_shown = "document.getElementById('input-help').textContent.includes(arguments[0])";
+        alice.wait_for(help_shown, json!("does not know /schedule"), "the refusal").await?;
+        alice.screenshot("lesson03-no-schedules").await?;
         Ok(())
     })
     .await
