@@ -93,11 +93,10 @@ impl std::fmt::Display for Frame {
 }
 
 /// The connections of one test to one server, each under a name, sharing the record of the
-/// last frame sent, and waiting at most `wait` for each frame: short, so that a test of a
-/// stage that is not written yet fails in a second or two instead of sitting out 10 s.
+/// last frame sent, and waiting at most [`Conversation::LESSON_WAIT`] for each frame: short, so
+/// that a test of a stage that is not written yet fails in seconds instead of sitting out 10 s.
 pub struct Conversation {
     url: String,
-    wait: Duration,
     last_sent: LastSent,
 }
 
@@ -107,11 +106,7 @@ impl Conversation {
     pub const LESSON_WAIT: Duration = Duration::from_secs(2);
 
     pub fn new(url: &str) -> Conversation {
-        Conversation {
-            url: url.to_owned(),
-            wait: Self::LESSON_WAIT,
-            last_sent: LastSent::default(),
-        }
+        Conversation { url: url.to_owned(), last_sent: LastSent::default() }
     }
 
     /// Opens a connection called `name` (lessons 01-02, which send no greeting).
@@ -132,7 +127,7 @@ impl Conversation {
         })?;
         connection.name = name.to_owned();
         connection.last_sent = self.last_sent.clone();
-        connection.timeout = self.wait;
+        connection.timeout = Self::LESSON_WAIT;
         Ok(connection)
     }
 
