@@ -100,6 +100,15 @@ async fn lesson05() -> Result<RunningServer> {
     RunningServer::start(workspace_binary("lesson05")?, &[]).await
 }
 
+/// lesson05, a `chat` connected to it, and another user there (which has its id).
+async fn chat_and_other_on_lesson05() -> Result<(RunningServer, Connection, Chat)> {
+    let server = lesson05().await?;
+    let mut other = Connection::connect(&server.ws_url()).await?;
+    other.recv_id().await?;
+    let (chat, _) = connected_chat(&server).await?;
+    Ok((server, other, chat))
+}
+
 /// What `chat ARGS` prints on stdout and stderr when it runs without input.
 async fn output_of(args: &[&str]) -> Result<(String, String)> {
     let output = Command::new(env!("CARGO_BIN_EXE_chat"))
@@ -156,10 +165,7 @@ async fn sends_lines_and_prints_what_arrives() -> Result<()> {
 
 #[tokio::test]
 async fn schedules_and_explains_bad_schedules() -> Result<()> {
-    let server = lesson05().await?;
-    let mut other = Connection::connect(&server.ws_url()).await?;
-    other.recv_id().await?;
-    let (mut chat, _) = connected_chat(&server).await?;
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
 
     chat.type_line("/schedule days 1 message hi").await?;
     let line = chat.stderr_line("/schedule").await?;
@@ -178,10 +184,7 @@ async fn schedules_and_explains_bad_schedules() -> Result<()> {
 
 #[tokio::test]
 async fn follows_random_rooms() -> Result<()> {
-    let server = lesson05().await?;
-    let mut other = Connection::connect(&server.ws_url()).await?;
-    other.recv_id().await?;
-    let (mut chat, _) = connected_chat(&server).await?;
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
 
     chat.type_line("/random").await?;
     chat.stdout_line("* waiting for a partner").await?;
@@ -200,10 +203,7 @@ async fn follows_random_rooms() -> Result<()> {
 
 #[tokio::test]
 async fn a_piped_file_is_sent_in_full_before_exit() -> Result<()> {
-    let server = lesson05().await?;
-    let mut other = Connection::connect(&server.ws_url()).await?;
-    other.recv_id().await?;
-    let (mut chat, _) = connected_chat(&server).await?;
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
 
     // Like `printf 'one\ntwo\nthree\n' | chat`: the input ends right after the last line.
     for line in ["one", "two", "/emoji 🎉", "three"] {
@@ -264,10 +264,7 @@ async fn prints_error_frames_raw_frames_and_authorless_messages() -> Result<()> 
 
 #[tokio::test]
 async fn unknown_commands_are_refused_with_the_list_of_commands() -> Result<()> {
-    let server = lesson05().await?;
-    let mut other = Connection::connect(&server.ws_url()).await?;
-    other.recv_id().await?;
-    let (mut chat, _) = connected_chat(&server).await?;
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
 
     for typo in ["/randon", "/nope please"] {
         chat.type_line(typo).await?;
