@@ -507,11 +507,20 @@ async fn a_bad_schedule_is_explained_next_to_the_input() -> Result<()> {
         other.recv_id().await?;
         let alice = browser.open(&page_url(&pages, &chat.ws_url())).await?;
         alice.id().await?;
+        // Enough messages to scroll: the help must not push the newest one out of sight.
+        for number in 0..30 {
+            other.send_json(&client::message::text(&format!("filler {number}"))).await?;
+        }
+        alice.wait_message("other", "filler 29").await?;
 
         alice.say("/schedule days 1 message hi").await?;
         let help_shown = "!document.getElementById('input-help').hidden
             && document.getElementById('input-help').textContent.includes(arguments[0])";
         alice.wait_for(help_shown, json!("unknown unit 'days'"), "the inline help").await?;
+        let newest_in_sight = "(() => { const scroller = document.getElementById('scroller');
+            const newest = document.querySelector('#messages li:last-child').getBoundingClientRect();
+            return newest.bottom <= scroller.getBoundingClientRect().bottom + 1; })()";
+        alice.wait_for(newest_in_sight, Value::Null, "the newest message in sight").await?;
         let help = alice.eval("return document.getElementById('input-help').textContent;").await?;
         assert!(help.as_str().is_some_and(|help| help.contains(schedule::EXAMPLE)), "{help}");
         // The command stays in the box to be fixed.
