@@ -3,7 +3,12 @@
 //! Tests must fail, not hang, when a server misbehaves: every method that waits for the
 //! network gives up after [`Connection::timeout`] (10 s unless changed) with an error that
 //! says what it was waiting for.
+//!
+//! The `expect_*` methods are for tests an attendee reads: their errors say, in one line, who
+//! sent what last, what was expected and what came instead (or that nothing came). A
+//! [`Conversation`] names its connections and lets them share the record of the last frame sent.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -11,9 +16,9 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The socket type under a [`Connection`], for callers that need to split it.
@@ -34,6 +39,120 @@ pub enum Frame {
 pub struct Connection {
     socket: Socket,
     timeout: Duration,
+    /// Who this is in failure messages: "alice", or "the client".
+    name: String,
+    last_sent: LastSent,
+}
+
+/// "alice sent hello": the last text frame sent on any connection that shares it. A failure
+/// message quotes it, since a frame that does not come is usually the answer to that one.
+#[derive(Clone, Default)]
+struct LastSent(Arc<Mutex<Option<String>>>);
+
+impl LastSent {
+    fn record(&self, line: String) {
+        *self.0.lock().unwrap() = Some(line);
+    }
+
+    /// " after alice sent hello", or nothing before the first frame.
+    fn after(&self) -> String {
+        self.0.lock().unwrap().as_ref().map(|line| format!(" after {line}")).unwrap_or_default()
+    }
+}
+
+/// How a wait for one frame ended.
+enum Arrival {
+    Frame(Frame),
+    Nothing,
+    Ended,
+    Failed(anyhow::Error),
+}
+
+/// A frame as a failure message shows it: JSON as it is, other text in quotes (either
+/// shortened past 120 characters).
+fn quote(text: &str) -> String {
+    let shown = match text.char_indices().nth(120) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_) | Value::Array(_)) => shown,
+        _ if text.is_empty() => "an empty frame".to_owned(),
+        _ => format!("{shown:?}"),
+    }
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Text(text) => write!(f, "{}", quote(text)),
+            Frame::Binary(bytes) => write!(f, "a binary frame of {} bytes", bytes.len()),
+            Frame::Close(code, _) => write!(f, "a close frame (code {code:?})"),
+        }
+    }
+}
+
+/// The connections of one test to one server, each under a name, sharing the record of the
+/// last frame sent, and waiting at most [`Conversation::LESSON_WAIT`] for each frame: short, so
+/// that a test of a stage that is not written yet fails in seconds instead of sitting out 10 s.
+pub struct Conversation {
+    url: String,
+    last_sent: LastSent,
+}
+
+impl Conversation {
+    /// How long a lesson test waits for a frame. Loopback answers in microseconds; the
+    /// scheduled messages of the lessons are due within a second or two.
+    pub const LESSON_WAIT: Duration = Duration::from_secs(2);
+
+    pub fn new(url: &str) -> Conversation {
+        Conversation { url: url.to_owned(), last_sent: LastSent::default() }
+    }
+
+    /// Opens a connection called `name` (lessons 01-02, which send no greeting).
+    pub async fn connect(&self, name: &str) -> Result<Connection> {
+        let mut connection = Connection::connect(&self.url).await.map_err(|error| {
+            let refused = error.chain().find_map(|cause| match cause.downcast_ref() {
+                Some(tungstenite::Error::Http(response)) => Some(response.status()),
+                _ => None,
+            });
+            match refused {
+                Some(status) => anyhow!(
+                    "{name} asked {} for a WebSocket, but the server answered HTTP {status} \
+                     instead of 101 Switching Protocols: it has no WebSocket route there",
+                    self.url
+                ),
+                None => anyhow!("{name} could not connect: {}", one_line(&error)),
+            }
+        })?;
+        connection.name = name.to_owned();
+        connection.last_sent = self.last_sent.clone();
+        connection.timeout = Self::LESSON_WAIT;
+        Ok(connection)
+    }
+
+    /// Opens a connection called `name` and reads its `{"id"}` frame (lesson03 on).
+    pub async fn join(&self, name: &str) -> Result<(Connection, String)> {
+        let mut connection = self.connect(name).await?;
+        let id = connection.recv_id().await?;
+        Ok((connection, id))
+    }
+}
+
+/// An error and its causes on one line, each cause once (a cause's text is often repeated
+/// by the error above it).
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 impl Connection {
@@ -43,7 +162,8 @@ impl Connection {
             .await
             .map_err(|_| anyhow!("timed out connecting to {url}"))?
             .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-        Ok(Connection { socket, timeout: DEFAULT_TIMEOUT })
+        let name = "the client".to_owned();
+        Ok(Connection { socket, timeout: DEFAULT_TIMEOUT, name, last_sent: LastSent::default() })
     }
 
     /// Connects to a server from lesson03 on and reads its `{"id"}` frame. A client that has
@@ -63,6 +183,11 @@ impl Connection {
         self.timeout
     }
 
+    /// Who this is in failure messages ("alice", or "the client").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
         self.send(Message::text(text.into())).await
     }
@@ -74,6 +199,12 @@ impl Connection {
     /// Sends any frame, including binary, ping and close frames that a well-behaved client
     /// would not send.
     pub async fn send(&mut self, message: Message) -> Result<()> {
+        let what = match &message {
+            Message::Text(text) => quote(text),
+            Message::Binary(_) => "a binary frame".to_owned(),
+            other => format!("a {} frame", format!("{other:?}").split('(').next().unwrap_or("")),
+        };
+        self.last_sent.record(format!("{} sent {what}", self.name));
         timeout(self.timeout, self.socket.send(message))
             .await
             .map_err(|_| anyhow!("timed out sending a frame"))?
@@ -104,11 +235,74 @@ impl Connection {
 
     /// The next frame, failing after the timeout or if the connection ended without one.
     pub async fn recv(&mut self) -> Result<Frame> {
-        match timeout(self.timeout, self.next_frame()).await {
-            Err(_) => bail!("no frame arrived within {:?}", self.timeout),
-            Ok(None) => bail!("the connection ended while waiting for a frame"),
-            Ok(Some(frame)) => frame,
+        match self.arrival(self.timeout).await {
+            Arrival::Frame(frame) => Ok(frame),
+            Arrival::Nothing => bail!(
+                "no frame arrived within {:?}: {} waited for one{}",
+                self.timeout,
+                self.name,
+                self.last_sent.after()
+            ),
+            Arrival::Ended => bail!("the connection ended while waiting for a frame"),
+            Arrival::Failed(error) => Err(error),
         }
+    }
+
+    async fn arrival(&mut self, window: Duration) -> Arrival {
+        match timeout(window, self.next_frame()).await {
+            Err(_) => Arrival::Nothing,
+            Ok(None) => Arrival::Ended,
+            Ok(Some(Ok(frame))) => Arrival::Frame(frame),
+            Ok(Some(Err(error))) => Arrival::Failed(error),
+        }
+    }
+
+    /// What `expect_*` says when `expected` did not come: one line an attendee can act on.
+    fn missed(&self, expected: &str, arrival: Arrival) -> anyhow::Error {
+        let (name, after, instead) = (&self.name, self.last_sent.after(), self.instead(arrival));
+        anyhow!("{name} expected {expected}{after}, but {instead}")
+    }
+
+    fn instead(&self, arrival: Arrival) -> String {
+        match arrival {
+            Arrival::Frame(Frame::Close(..)) => "the server closed the connection".to_owned(),
+            Arrival::Frame(frame) => format!("got {frame}"),
+            Arrival::Nothing => format!("nothing came within {:?}", self.timeout),
+            Arrival::Ended => "the connection ended".to_owned(),
+            Arrival::Failed(error) => format!("the connection failed: {}", one_line(&error)),
+        }
+    }
+
+    /// The next frame must be the text `expected`.
+    pub async fn expect_text(&mut self, expected: &str) -> Result<()> {
+        match self.arrival(self.timeout).await {
+            Arrival::Frame(Frame::Text(text)) if text == expected => Ok(()),
+            other => Err(self.missed(&quote(expected), other)),
+        }
+    }
+
+    /// The next frame must be this JSON value (key order does not matter).
+    pub async fn expect_json(&mut self, expected: &Value) -> Result<()> {
+        let arrival = self.arrival(self.timeout).await;
+        if let Arrival::Frame(Frame::Text(text)) = &arrival
+            && serde_json::from_str::<Value>(text).is_ok_and(|value| value == *expected)
+        {
+            return Ok(());
+        }
+        Err(self.missed(&expected.to_string(), arrival))
+    }
+
+    /// The next frame must be `{"error": "<a reason>"}` and nothing else; returns the reason.
+    pub async fn expect_error(&mut self) -> Result<String> {
+        let arrival = self.arrival(self.timeout).await;
+        if let Arrival::Frame(Frame::Text(text)) = &arrival
+            && let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text)
+            && let (Some(Value::String(reason)), 1) = (frame.get("error"), frame.len())
+            && !reason.is_empty()
+        {
+            return Ok(reason.clone());
+        }
+        Err(self.missed(r#"{"error": "<a reason>"} back"#, arrival))
     }
 
     /// The next frame, which must be a text frame.
@@ -127,20 +321,25 @@ impl Connection {
 
     /// Reads the `{"id": "..."}` frame a server sends first (lesson03 on) and returns the id.
     pub async fn recv_id(&mut self) -> Result<String> {
-        let frame = self.recv_json().await?;
-        frame["id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("expected an {{\"id\": ...}} frame, got {frame}"))
+        let arrival = self.arrival(self.timeout).await;
+        if let Arrival::Frame(Frame::Text(text)) = &arrival
+            && let Ok(frame) = serde_json::from_str::<Value>(text)
+            && let Some(id) = frame["id"].as_str()
+        {
+            return Ok(id.to_owned());
+        }
+        let (name, instead) = (&self.name, self.instead(arrival));
+        bail!(
+            r#"{name} connected and expected its id first, {{"id": "<32 hex digits>"}}, but {instead}"#
+        )
     }
 
     /// Succeeds only if nothing arrives for `window`: the way to check that a message was
     /// *not* delivered. (Here the timeout is the expected outcome, not a synchronisation.)
     pub async fn expect_silence(&mut self, window: Duration) -> Result<()> {
-        match timeout(window, self.next_frame()).await {
-            Err(_) => Ok(()),
-            Ok(None) => bail!("the connection ended while it should have stayed quiet"),
-            Ok(Some(frame)) => bail!("expected silence, got {:?}", frame?),
+        match self.arrival(window).await {
+            Arrival::Nothing => Ok(()),
+            other => Err(self.missed("nothing more", other)),
         }
     }
 

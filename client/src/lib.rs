@@ -5,6 +5,8 @@
 //! - [`schedule`]: the `/schedule hours 1 seconds 9 message ...` grammar, shared with the server.
 //! - [`Connection`]: a typed WebSocket connection whose every wait has a timeout; the lesson tests,
 //!   the server tests, the terminal client (`chat`) and the benchmark all talk through it.
+//!   [`Conversation`] names a test's connections and waits 2 s per frame, so that a lesson test
+//!   fails fast with one line: who sent what, what was expected, what came instead.
 //! - [`message`]: the frames a chat client sends; [`http`]: a bare `GET` for the HTTP side.
 //! - [`RunningServer`]: starts a chatterbox binary on a free port and reads its address, the way
 //!   an attendee runs it.
@@ -16,5 +18,5 @@ pub mod running;
 pub mod schedule;
 pub mod web;
 
-pub use connection::{Connection, Frame};
+pub use connection::{Connection, Conversation, Frame};
 pub use running::RunningServer;

@@ -101,6 +101,38 @@ impl RunningServer {
     }
 }
 
+/// Starts `program` on a port that another copy of it already holds, as an attendee does who
+/// left a server running, and checks that it exits at once with one line on stderr that names
+/// the port and says what to do (stop the other server, or use `PORT=8001`).
+pub async fn expect_taken_port_explained(program: impl AsRef<Path>) -> Result<()> {
+    let program = program.as_ref();
+    let first = RunningServer::start(program, &[]).await?;
+    let second = Command::new(program)
+        .env("PORT", first.port().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(START_TIMEOUT, second)
+        .await
+        .map_err(|_| anyhow!("a second server on port {} kept running", first.port()))?
+        .context("could not start the second server")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let port = first.port().to_string();
+    let explained = stderr.trim_end().lines().count() == 1
+        && stderr.contains(&port)
+        && stderr.contains("PORT=8001");
+    if output.status.success() || !explained {
+        bail!(
+            "started on port {port}, already taken, the server should exit with one line naming \
+             the port and PORT=8001; it exited with {} and printed {stderr:?}",
+            output.status
+        );
+    }
+    Ok(())
+}
+
 /// Reads the port from a line such as `listening on http://0.0.0.0:8000`.
 fn parse_port(line: &str) -> Result<u16> {
     let address = line

@@ -59,10 +59,13 @@ impl Browser {
                 bail!("the browser tests need {missing}: {install} (CI is set: no skipping)");
             }
             // Written to stderr directly: the test harness would swallow an `eprintln!` of a
-            // passing test, and this line must be seen.
-            use std::io::Write as _;
-            let line = format!("browser tests skipped: {missing} not found; {install}");
-            let _ = writeln!(std::io::stderr(), "{line}");
+            // passing test, and this line must be seen. Once for the whole suite.
+            static SKIPPED: std::sync::Once = std::sync::Once::new();
+            SKIPPED.call_once(|| {
+                use std::io::Write as _;
+                let line = format!("browser tests skipped: {missing} not found; {install}");
+                let _ = writeln!(std::io::stderr(), "{line}");
+            });
             return Ok(None);
         }
 
@@ -412,6 +415,68 @@ async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
     .await
 }
 
+/// The header's channel, and the status line.
+async fn header(page: &Page) -> Result<Value> {
+    page.eval("return [document.getElementById('channel').textContent, document.getElementById('status-text').textContent];")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_resets_offline_and_a_bad_address_offers_the_default() -> Result<()> {
+    with_browser(|browser| async move {
+        let chat = lesson("lesson05").await?;
+        let pages = page_server().await?;
+        let alice = browser.open(&page_url(&pages, &chat.ws_url())).await?;
+        alice.id().await?;
+        alice.click("#random").await?;
+        alice.wait_system("waiting").await?;
+        assert_eq!(header(&alice).await?[0], json!("random · waiting"));
+
+        // The server goes away: no channel, no id, while offline.
+        chat.stop().await?;
+        let closed = r#"document.querySelector('#status[data-state="closed"]')"#;
+        alice.wait_for(closed, Value::Null, "the offline status").await?;
+        assert_eq!(header(&alice).await?[0], json!("—"));
+        assert_eq!(alice.eval("return document.body.dataset.id ?? null;").await?, Value::Null);
+
+        // A malformed address from ⚙: the header says so, and the error offers the way back.
+        alice.click("#settings-toggle").await?;
+        let field = alice.session.find(Locator::Id("server-url")).await?;
+        field.clear().await?;
+        field.send_keys(&format!("ftp://127.0.0.1/{}", char::from(Key::Enter))).await?;
+        let offered = "document.querySelector('#errors .error button.action')?.textContent.startsWith(arguments[0])";
+        alice.wait_for(offered, json!("Use default"), "the 'Use default' offer").await?;
+        assert_eq!(header(&alice).await?, json!(["—", "bad server address"]));
+        alice.screenshot("bad-address").await?;
+        alice.click("#errors .error button.action").await?;
+        let back = "window.chatterbox.state.server === arguments[0] && localStorage.getItem('chatterbox.server') === null";
+        alice.wait_for(back, json!("ws://127.0.0.1:8000/"), "the default address").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_on_lesson03_says_the_server_does_not_know_it() -> Result<()> {
+    with_browser(|browser| async move {
+        let Chat { alice, bob, .. } = &Chat::open(&browser, "lesson03").await?;
+
+        alice.say("/schedule seconds 1 message later").await?;
+        alice.wait_system("scheduled").await?;
+        // lesson03 passes it on at once, schedule and all: the other page says so...
+        bob.wait_message("other", "later").await?;
+        bob.wait_system("no-schedules").await?;
+        // ...and the sender learns it when the message does not come back.
+        alice.wait_system("no-schedules").await?;
+        alice.say("/schedule seconds 1 message again").await?;
+        let help_shown = "document.getElementById('input-help').textContent.includes(arguments[0])";
+        alice.wait_for(help_shown, json!("does not know /schedule"), "the refusal").await?;
+        alice.screenshot("lesson03-no-schedules").await?;
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn markup_in_a_message_shows_literally() -> Result<()> {
     with_browser(|browser| async move {
@@ -442,11 +507,20 @@ async fn a_bad_schedule_is_explained_next_to_the_input() -> Result<()> {
         other.recv_id().await?;
         let alice = browser.open(&page_url(&pages, &chat.ws_url())).await?;
         alice.id().await?;
+        // Enough messages to scroll: the help must not push the newest one out of sight.
+        for number in 0..30 {
+            other.send_json(&client::message::text(&format!("filler {number}"))).await?;
+        }
+        alice.wait_message("other", "filler 29").await?;
 
         alice.say("/schedule days 1 message hi").await?;
         let help_shown = "!document.getElementById('input-help').hidden
             && document.getElementById('input-help').textContent.includes(arguments[0])";
         alice.wait_for(help_shown, json!("unknown unit 'days'"), "the inline help").await?;
+        let newest_in_sight = "(() => { const scroller = document.getElementById('scroller');
+            const newest = document.querySelector('#messages li:last-child').getBoundingClientRect();
+            return newest.bottom <= scroller.getBoundingClientRect().bottom + 1; })()";
+        alice.wait_for(newest_in_sight, Value::Null, "the newest message in sight").await?;
         let help = alice.eval("return document.getElementById('input-help').textContent;").await?;
         assert!(help.as_str().is_some_and(|help| help.contains(schedule::EXAMPLE)), "{help}");
         // The command stays in the box to be fixed.

@@ -28,8 +28,12 @@ struct Chat {
 
 impl Chat {
     fn start(server: &str) -> Result<Chat> {
+        Chat::start_with(&[server])
+    }
+
+    fn start_with(args: &[&str]) -> Result<Chat> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .arg(server)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -96,6 +100,27 @@ async fn lesson05() -> Result<RunningServer> {
     RunningServer::start(workspace_binary("lesson05")?, &[]).await
 }
 
+/// lesson05, a `chat` connected to it, and another user there (which has its id).
+async fn chat_and_other_on_lesson05() -> Result<(RunningServer, Connection, Chat)> {
+    let server = lesson05().await?;
+    let mut other = Connection::connect(&server.ws_url()).await?;
+    other.recv_id().await?;
+    let (chat, _) = connected_chat(&server).await?;
+    Ok((server, other, chat))
+}
+
+/// What `chat ARGS` prints on stdout and stderr when it runs without input.
+async fn output_of(args: &[&str]) -> Result<(String, String)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(WAIT, output).await.context("chat did not exit")??;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Ok((text(&output.stdout), text(&output.stderr)))
+}
+
 /// Starts `chat` and waits for it to print its id; returns the id's first 8 characters.
 async fn connected_chat(server: &RunningServer) -> Result<(Chat, String)> {
     let mut chat = Chat::start(&server.ws_url())?;
@@ -140,10 +165,7 @@ async fn sends_lines_and_prints_what_arrives() -> Result<()> {
 
 #[tokio::test]
 async fn schedules_and_explains_bad_schedules() -> Result<()> {
-    let server = lesson05().await?;
-    let mut other = Connection::connect(&server.ws_url()).await?;
-    other.recv_id().await?;
-    let (mut chat, _) = connected_chat(&server).await?;
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
 
     chat.type_line("/schedule days 1 message hi").await?;
     let line = chat.stderr_line("/schedule").await?;
@@ -162,10 +184,7 @@ async fn schedules_and_explains_bad_schedules() -> Result<()> {
 
 #[tokio::test]
 async fn follows_random_rooms() -> Result<()> {
-    let server = lesson05().await?;
-    let mut other = Connection::connect(&server.ws_url()).await?;
-    other.recv_id().await?;
-    let (mut chat, _) = connected_chat(&server).await?;
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
 
     chat.type_line("/random").await?;
     chat.stdout_line("* waiting for a partner").await?;
@@ -184,10 +203,7 @@ async fn follows_random_rooms() -> Result<()> {
 
 #[tokio::test]
 async fn a_piped_file_is_sent_in_full_before_exit() -> Result<()> {
-    let server = lesson05().await?;
-    let mut other = Connection::connect(&server.ws_url()).await?;
-    other.recv_id().await?;
-    let (mut chat, _) = connected_chat(&server).await?;
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
 
     // Like `printf 'one\ntwo\nthree\n' | chat`: the input ends right after the last line.
     for line in ["one", "two", "/emoji 🎉", "three"] {
@@ -243,5 +259,68 @@ async fn prints_error_frames_raw_frames_and_authorless_messages() -> Result<()> 
     chat.type_line("hi without an id").await?;
     let sent: Value = serde_json::from_str(&timeout(WAIT, script).await???)?;
     assert_eq!(sent, json!({"type": "text", "data": {"text": "hi without an id"}}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_commands_are_refused_with_the_list_of_commands() -> Result<()> {
+    let (_server, mut other, mut chat) = chat_and_other_on_lesson05().await?;
+
+    for typo in ["/randon", "/nope please"] {
+        chat.type_line(typo).await?;
+        let word = typo.split(' ').next().unwrap_or_default();
+        chat.stderr_line(&format!("unknown command {word}")).await?;
+        chat.stderr_line("/random").await?; // the list of commands follows
+    }
+    // Neither typo reached anyone: the next frame the other side gets is this one.
+    chat.type_line("no typo").await?;
+    assert_eq!(other.recv_json().await?["data"], json!({"text": "no typo"}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn raw_mode_sends_lines_as_typed_and_prints_frames_as_they_come() -> Result<()> {
+    let server = RunningServer::start(workspace_binary("lesson03")?, &[]).await?;
+    let (mut other, other_id) = Connection::join(&server.ws_url()).await?;
+    let mut chat = Chat::start_with(&["--raw", &server.ws_url()])?;
+    let first = chat.stdout_line(r#"{"id":"#).await?;
+    let id: Value = serde_json::from_str(&first)?;
+    let id = id["id"].as_str().context("an id")?.to_owned();
+
+    // A lie about the author, sent as typed: lesson03 stamps the real one.
+    chat.type_line(r#"{"author":"someone-else","type":"text","data":{"text":"Hello"}}"#).await?;
+    let frame = other.recv_json().await?;
+    assert_eq!(frame, json!({"author": id, "type": "text", "data": {"text": "Hello"}}));
+    // Not JSON, and a /word that is no command in raw mode: both go as they are.
+    chat.type_line("hello").await?;
+    let error: Value = serde_json::from_str(&chat.stdout_line("error").await?)?;
+    assert!(error["error"].is_string(), "{error}");
+    other.send_text(json!({"type": "text", "data": {"text": "/randon"}}).to_string()).await?;
+    let line = chat.stdout_line("/randon").await?;
+    let frame: Value = serde_json::from_str(&line)?;
+    assert_eq!(frame["author"], other_id.as_str(), "printed as it came: {line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn help_addresses_and_connection_errors_read_well() -> Result<()> {
+    let (help, _) = output_of(&["--help"]).await?;
+    let first = help.lines().next().unwrap_or_default();
+    assert!(first.starts_with("chat: talk to a chatterbox server"), "{first}");
+    assert!(help.contains("--raw") && help.contains("/schedule"), "{help}");
+
+    let (_, stderr) = output_of(&["http://127.0.0.1:8000/"]).await?;
+    assert_eq!(
+        stderr.trim_end(),
+        "chat: http://127.0.0.1:8000/ is a web address; use ws://127.0.0.1:8000/ for the chat"
+    );
+
+    // A port nobody listens on: each cause of the error is said once.
+    let free = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/", free.local_addr()?);
+    drop(free);
+    let (_, stderr) = output_of(&[&url]).await?;
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     Ok(())
 }

@@ -101,6 +101,10 @@ const state = {
   id: null,
   ids: new Set(),
   channel: "feed",
+  // Whether the server delivers /schedule messages later (lesson04 on): null until the page
+  // knows. It learns it from what comes back (see receive and submit); lessons 01-03 pass a
+  // scheduled message on at once, to the others only.
+  schedules: null,
   attempt: 0, // reconnect attempts since the last good connection
   retryTimer: null,
   wasConnected: false,
@@ -113,11 +117,16 @@ const state = {
 const list = $("messages");
 const scroller = $("scroller");
 
-function append(item) {
-  // Follow the conversation only if the reader was already at the bottom.
+// Runs `change` (a new message, the help above the box appearing, ...) and follows the
+// conversation if the reader was at the bottom: the newest message stays in sight.
+function keepingBottom(change) {
   const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
-  list.append(item);
+  change();
   if (atBottom) scroller.scrollTop = scroller.scrollHeight;
+}
+
+function append(item) {
+  keepingBottom(() => list.append(item));
 }
 
 function element(tag, className, text) {
@@ -170,9 +179,19 @@ function showRaw(text) {
   append(item);
 }
 
-function showError(text) {
+// An error box, closed with ×; `action` ({label, run}) adds a button that offers the way out.
+function showError(text, action) {
   const box = element("div", "error");
   box.append(element("span", "", text));
+  if (action) {
+    const button = element("button", "action", action.label);
+    button.type = "button";
+    button.addEventListener("click", () => {
+      box.remove();
+      action.run();
+    });
+    box.append(button);
+  }
   const close = element("button", "quiet", "×");
   close.type = "button";
   close.title = "Dismiss";
@@ -189,6 +208,22 @@ function setStatus(stateName, text) {
 
 function setChannel(label) {
   $("channel").textContent = label;
+}
+
+// Offline, the page is in no channel and has no id: the header says so, whatever it said before.
+function showOffline(stateName, text) {
+  state.id = null;
+  state.channel = null;
+  delete document.body.dataset.id;
+  setChannel("—");
+  setStatus(stateName, text);
+}
+
+// A connection error. When the address is the user's own (from ⚙ or ?server=, remembered
+// across reloads), the error itself offers the way back to the default.
+function showConnectError(text) {
+  const custom = state.server !== defaultServer();
+  showError(text, custom ? { label: `Use default (${defaultServer()})`, run: useDefault } : undefined);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,6 +266,13 @@ function receive(text) {
   }
   const data = frame.data ?? {};
   const own = state.ids.has(frame.author); // false when there is no author (lessons 01-02)
+  // From lesson03 on the server never sends our own message back, except a scheduled one when
+  // it is due. A message that still carries its schedule was passed on without one.
+  if (own) state.schedules = true;
+  if (data.schedule !== undefined && state.schedules === null) {
+    state.schedules = false;
+    showSystem("This server passed a /schedule message on at once: it does not know schedules.", "no-schedules");
+  }
   if (frame.type === "text" && typeof data.text === "string") {
     return showMessage({ author: frame.author, kind: "text", body: data.text, own });
   }
@@ -252,8 +294,8 @@ function connect() {
     socket = new WebSocket(state.server);
   } catch (error) {
     // A malformed address throws at once instead of failing later.
-    setStatus("closed", "bad server address");
-    showError(`Cannot connect to ${state.server}: ${error.message}`);
+    showOffline("closed", "bad server address");
+    showConnectError(`Cannot connect to ${state.server}: ${error.message}`);
     return;
   }
   state.socket = socket;
@@ -265,6 +307,7 @@ function connect() {
     state.attempt = 0;
     // Lessons 01-02 never send an id; the page works without one.
     state.id = null;
+    state.schedules = null; // maybe another stage now: learn it again
     state.channel = "feed"; // a new connection starts in the feed
     setChannel("feed");
     setStatus("open", "connected");
@@ -276,14 +319,15 @@ function connect() {
   socket.addEventListener("close", () => {
     if (state.socket !== socket) return; // a socket we replaced on purpose
     state.socket = null;
-    state.id = null;
-    delete document.body.dataset.id;
     if (state.attempt === 0 && state.wasConnected) {
       showSystem("Connection lost. Reconnecting…", "disconnected");
     }
+    if (state.attempt === 0 && !state.wasConnected && state.server !== defaultServer()) {
+      showConnectError(`Cannot reach ${state.server}; the page keeps trying.`);
+    }
     const delay = Math.min(10_000, 500 * 2 ** state.attempt);
     state.attempt += 1;
-    setStatus("closed", `offline · retrying in ${Math.round(delay / 100) / 10} s`);
+    showOffline("closed", `offline · retrying in ${Math.round(delay / 100) / 10} s`);
     state.retryTimer = setTimeout(connect, delay);
   });
 }
@@ -316,13 +360,17 @@ const input = $("input");
 const help = $("input-help");
 
 function showHelp(text) {
-  help.textContent = text;
-  help.hidden = false;
+  keepingBottom(() => {
+    help.textContent = text;
+    help.hidden = false;
+  });
 }
 
 function hideHelp() {
-  help.hidden = true;
-  help.textContent = "";
+  keepingBottom(() => {
+    help.hidden = true;
+    help.textContent = "";
+  });
 }
 
 function submit() {
@@ -334,6 +382,9 @@ function submit() {
   const scheduled = parseSchedule(value);
   if (scheduled?.error) {
     return showHelp(`${scheduled.error}. Example: ${SCHEDULE_EXAMPLE}`);
+  } else if (scheduled && (state.schedules === false || (state.socket?.readyState === WebSocket.OPEN && !state.id))) {
+    // No id: lesson01 or lesson02, which know no schedules either.
+    return showHelp("This server does not know /schedule (lesson04 on does): nothing was sent.");
   } else if (scheduled) {
     frame = chatFrame("text", scheduled.ok);
     // The server delivers a scheduled message to its sender too, so it is shown on arrival.
@@ -341,7 +392,11 @@ function submit() {
     const delay = Object.entries(schedule)
       .map(([unit, n]) => `${n} ${String(n) === "1" ? unit.slice(0, -1) : unit}`) // 1 hour, 2 hours
       .join(" ");
-    shown = () => showSystem(`Scheduled in ${delay}: “${text}”`, "scheduled");
+    shown = () => {
+      if (state.schedules) return showSystem(`Scheduled in ${delay}: “${text}”`, "scheduled");
+      showSystem(`Scheduled in ${delay}, if this server knows schedules (lesson04 on): “${text}”`, "scheduled");
+      checkScheduleCameBack(schedule, text);
+    };
   } else if (value.trim() === "/random" || value.trim() === "/feed") {
     frame = { channel: value.trim().slice(1) };
   } else {
@@ -357,6 +412,19 @@ function submit() {
   hideHelp();
   input.value = "";
   autosize();
+}
+
+// The first scheduled message on a server the page does not know yet: if it has not come back
+// a second after it was due (for delays of up to a minute), the server passed it on at once.
+function checkScheduleCameBack(schedule, text) {
+  const seconds = Object.entries(schedule).reduce((total, [unit, n]) => total + Number(UNITS[unit]) * Number(n), 0);
+  if (seconds > 60) return;
+  const socket = state.socket;
+  setTimeout(() => {
+    if (state.socket !== socket || state.schedules !== null) return;
+    state.schedules = false;
+    showSystem(`“${text}” did not come back: this server does not know /schedule, so the others got it at once (lessons 01–03).`, "no-schedules");
+  }, (seconds + 1) * 1000);
 }
 
 // The box grows with its lines up to 160 px, then scrolls.
@@ -410,7 +478,9 @@ for (const emoji of EMOJI) {
   picker.append(button);
 }
 function togglePicker(open = picker.hidden) {
-  picker.hidden = !open;
+  keepingBottom(() => {
+    picker.hidden = !open;
+  });
   $("emoji-toggle").setAttribute("aria-expanded", String(open));
 }
 $("emoji-toggle").addEventListener("click", () => togglePicker());
@@ -430,12 +500,13 @@ settings.addEventListener("submit", (event) => {
   settings.hidden = true;
   reconnectTo(server);
 });
-$("server-reset").addEventListener("click", () => {
+function useDefault() {
   localStorage.removeItem(STORAGE_KEY);
   $("server-url").value = defaultServer();
   settings.hidden = true;
   reconnectTo(defaultServer());
-});
+}
+$("server-reset").addEventListener("click", useDefault);
 
 // For the browser tests, and for the curious in the developer console.
 window.chatterbox = { parseSchedule, colourFor, state };

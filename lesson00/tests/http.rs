@@ -25,3 +25,8 @@ async fn other_paths_are_not_found() {
         assert_eq!(response.status, 404, "GET {path}");
     }
 }
+
+#[tokio::test]
+async fn a_taken_port_is_explained_in_one_line() -> anyhow::Result<()> {
+    client::running::expect_taken_port_explained(env!("CARGO_BIN_EXE_lesson00")).await
+}

@@ -43,9 +43,12 @@ async fn main() -> std::io::Result<()> {
     let routes = chat.or(hello);
 
     // Bind first, then print the address: with PORT=0 the system picks a free port, and
-    // tests (and you) learn which one from this first line.
+    // tests (and you) learn which one from this first line. A taken port is explained in one line.
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
-    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).await?;
+    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).await.unwrap_or_else(|error| {
+        eprintln!("cannot listen on port {port} ({error}): stop the other server or use PORT=8001");
+        std::process::exit(1)
+    });
     println!("listening on http://{}", listener.local_addr()?);
     warp::serve(routes).incoming(listener).run().await;
     Ok(())

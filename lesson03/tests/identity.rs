@@ -3,100 +3,101 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use client::{Connection, RunningServer, message};
+use anyhow::{Result, ensure};
+use client::{Conversation, RunningServer, message};
 use serde_json::json;
 
-async fn start() -> RunningServer {
-    RunningServer::start(env!("CARGO_BIN_EXE_lesson03"), &[]).await.expect("lesson03 starts")
-}
-
-/// Connects and reads the `{"id"}` frame; once it has its id, a client is registered.
-async fn join(server: &RunningServer) -> (Connection, String) {
-    Connection::join(&server.ws_url()).await.unwrap()
+async fn start() -> (RunningServer, Conversation) {
+    let server =
+        RunningServer::start(env!("CARGO_BIN_EXE_lesson03"), &[]).await.expect("lesson03 starts");
+    let conversation = Conversation::new(&server.ws_url());
+    (server, conversation)
 }
 
 #[tokio::test]
-async fn each_connection_first_gets_a_fresh_uuid_as_32_lowercase_hex_chars() {
-    let server = start().await;
+async fn each_connection_first_gets_a_fresh_uuid_as_32_lowercase_hex_chars() -> Result<()> {
+    let (_server, conversation) = start().await;
     let mut ids = HashSet::new();
-    for _ in 0..10 {
+    for number in 0..10 {
         // Several connections from one machine, as two browser tabs would be.
-        let (_connection, id) = join(&server).await;
-        assert_eq!(id.len(), 32, "{id}");
-        assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
-        assert!(ids.insert(id.clone()), "id {id} given twice");
+        let (_connection, id) = conversation.join(&format!("client {number}")).await?;
+        let hex = id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ensure!(id.len() == 32 && hex, "the id {id:?} is not 32 lowercase hex digits");
+        ensure!(ids.insert(id.clone()), "the id {id} was given to two connections");
     }
+    Ok(())
 }
 
 #[tokio::test]
-async fn messages_reach_the_others_with_the_senders_id_as_author() {
-    let server = start().await;
-    let (mut alice, alice_id) = join(&server).await;
-    let (mut bob, _) = join(&server).await;
-    let (mut carol, _) = join(&server).await;
+async fn messages_reach_the_others_with_the_senders_id_as_author() -> Result<()> {
+    let (_server, conversation) = start().await;
+    let (mut alice, alice_id) = conversation.join("alice").await?;
+    let (mut bob, _) = conversation.join("bob").await?;
+    let (mut carol, _) = conversation.join("carol").await?;
 
     // Alice claims to be someone else: the server knows better.
     let mut hello = message::text("Hello");
     hello["author"] = json!("not-alice");
-    alice.send_json(&hello).await.unwrap();
+    alice.send_json(&hello).await?;
     let expected = json!({"author": alice_id, "type": "text", "data": {"text": "Hello"}});
-    assert_eq!(bob.recv_json().await.unwrap(), expected);
-    assert_eq!(carol.recv_json().await.unwrap(), expected);
+    bob.expect_json(&expected).await?;
+    carol.expect_json(&expected).await?;
 
-    alice.send_json(&message::emoji("😋")).await.unwrap();
+    alice.send_json(&message::emoji("😋")).await?;
     let expected = json!({"author": alice_id, "type": "emoji", "data": {"emoji": "😋"}});
-    assert_eq!(bob.recv_json().await.unwrap(), expected);
-    assert_eq!(carol.recv_json().await.unwrap(), expected);
+    bob.expect_json(&expected).await?;
+    carol.expect_json(&expected).await?;
 
-    alice.expect_silence(Duration::from_millis(300)).await.unwrap();
+    alice.expect_silence(Duration::from_millis(300)).await
 }
 
 #[tokio::test]
-async fn a_frame_that_is_not_a_json_object_gets_an_error_and_the_connection_stays_open() {
-    let server = start().await;
-    let (mut alice, alice_id) = join(&server).await;
-    let (mut bob, _) = join(&server).await;
+async fn a_frame_that_is_not_a_json_object_gets_an_error_and_the_connection_stays_open()
+-> Result<()> {
+    let (_server, conversation) = start().await;
+    let (mut alice, alice_id) = conversation.join("alice").await?;
+    let (mut bob, _) = conversation.join("bob").await?;
     for bad in ["hello", "{not json", "[1, 2]", "\"text\"", "42", "null", ""] {
-        alice.send_text(bad).await.unwrap();
-        let reply = alice.recv_json().await.unwrap();
-        let reason =
-            reply["error"].as_str().unwrap_or_else(|| panic!("no error for {bad:?}: {reply}"));
-        assert!(!reason.is_empty());
-        assert_eq!(reply.as_object().unwrap().len(), 1, "{reply}");
+        alice.send_text(bad).await?;
+        alice.expect_error().await?;
     }
     // Nobody else heard any of it, and Alice can still chat.
-    alice.send_json(&message::text("still here")).await.unwrap();
-    let received = bob.recv_json().await.unwrap();
-    assert_eq!(received["data"]["text"], "still here");
-    assert_eq!(received["author"], alice_id.as_str());
+    alice.send_json(&message::text("still here")).await?;
+    let expected = json!({"author": alice_id, "type": "text", "data": {"text": "still here"}});
+    bob.expect_json(&expected).await
 }
 
 #[tokio::test]
-async fn a_departed_user_is_forgotten() {
-    let server = start().await;
-    let (mut alice, _) = join(&server).await;
-    let (bob, _) = join(&server).await;
-    let (mut carol, _) = join(&server).await;
-    bob.close().await.unwrap();
-    alice.send_json(&message::text("anyone?")).await.unwrap();
-    assert_eq!(carol.recv_json().await.unwrap()["data"]["text"], "anyone?");
+async fn a_departed_user_is_forgotten() -> Result<()> {
+    let (_server, conversation) = start().await;
+    let (mut alice, alice_id) = conversation.join("alice").await?;
+    let (bob, _) = conversation.join("bob").await?;
+    let (mut carol, _) = conversation.join("carol").await?;
+    bob.close().await?;
+    alice.send_json(&message::text("anyone?")).await?;
+    carol
+        .expect_json(&json!({"author": alice_id, "type": "text", "data": {"text": "anyone?"}}))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_id_comes_first_even_while_others_are_chatting() {
-    let server = start().await;
-    let (mut chatter, _) = join(&server).await;
-    let url = server.ws_url();
+async fn the_id_comes_first_even_while_others_are_chatting() -> Result<()> {
+    let (_server, conversation) = start().await;
+    let (mut chatter, _) = conversation.join("chatter").await?;
     let newcomers = tokio::spawn(async move {
-        for _ in 0..200 {
-            let mut newcomer = Connection::connect(&url).await.unwrap();
-            let first = newcomer.recv_json().await.unwrap();
-            assert!(first["id"].is_string(), "first frame was {first}");
+        for number in 0..200 {
+            conversation.join(&format!("newcomer {number}")).await?;
         }
+        anyhow::Ok(())
     });
     // Chat as fast as possible until every newcomer has checked its first frame.
     while !newcomers.is_finished() {
-        chatter.send_json(&message::text("busy")).await.unwrap();
+        chatter.send_json(&message::text("busy")).await?;
     }
-    newcomers.await.unwrap();
+    newcomers.await?
+}
+
+#[tokio::test]
+async fn a_taken_port_is_explained_in_one_line() -> anyhow::Result<()> {
+    client::running::expect_taken_port_explained(env!("CARGO_BIN_EXE_lesson03")).await
 }

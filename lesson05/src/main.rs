@@ -16,27 +16,17 @@ use uuid::Uuid;
 use warp::Filter;
 use warp::ws::{Message, WebSocket, Ws};
 
-/// Where a user's messages go.
-#[derive(Clone, Copy, PartialEq)]
-enum Channel {
-    Feed,
-    Room(usize),
-}
-
-/// A connected user: the queue its writer task drains (unbounded here, bounded in `server`),
-/// and where the user is now.
-struct User {
-    tx: mpsc::UnboundedSender<Message>,
-    channel: Channel,
-}
-
-/// Everyone, and the rooms. A room holds one user waiting for a partner, or two paired.
-/// Pairing must look at and change both at once, so they live under one lock: a plain
-/// `std::sync::Mutex`, held for a few instructions and never across an `.await`.
+/// Every user, by id, and the rooms. Each user's entry is the sending end of a channel whose
+/// receiving end a task drains into that user's socket: a broadcast only *queues* the
+/// message, so one slow connection never holds up the others. (The queue is unbounded to keep
+/// the lesson short; the finished `server` bounds it and drops clients that stop reading.)
+/// A room holds one user waiting for a partner, or two paired; a user in no room is in the feed.
+/// Pairing changes all of it at once, so it lives under one lock, never held across an `.await`.
 #[derive(Default)]
 struct Hub {
-    users: HashMap<String, User>,
+    users: HashMap<String, mpsc::UnboundedSender<Message>>,
     rooms: BTreeMap<usize, Vec<String>>,
+    room_of: HashMap<String, usize>,
     next_room: usize,
 }
 
@@ -61,9 +51,12 @@ async fn main() -> std::io::Result<()> {
     let routes = chat.or(hello);
 
     // Bind first, then print the address: with PORT=0 the system picks a free port, and
-    // tests (and you) learn which one from this first line.
+    // tests (and you) learn which one from this first line. A taken port is explained in one line.
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".into());
-    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).await?;
+    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).await.unwrap_or_else(|error| {
+        eprintln!("cannot listen on port {port} ({error}): stop the other server or use PORT=8001");
+        std::process::exit(1)
+    });
     println!("listening on http://{}", listener.local_addr()?);
     warp::serve(routes).incoming(listener).run().await;
     Ok(())
@@ -94,7 +87,7 @@ async fn user_connected(socket: WebSocket, users: Users) {
     {
         let mut registry = users.lock().unwrap();
         let _ = tx.send(Message::text(json!({"id": id}).to_string()));
-        registry.users.insert(id.clone(), User { tx: tx.clone(), channel: Channel::Feed });
+        registry.users.insert(id.clone(), tx.clone());
     }
 
     // `next()` waits for the next frame; it gives `None` once the client has gone away.
@@ -106,7 +99,10 @@ async fn user_connected(socket: WebSocket, users: Users) {
                 let mut hub = users.lock().unwrap();
                 match chat["channel"].as_str() {
                     Some("random") => join_random(&mut hub, &id),
-                    Some("feed") => join_feed(&mut hub, &id),
+                    Some("feed") => {
+                        leave_room(&mut hub, &id);
+                        notify(&hub, &id, "feed", "joined");
+                    }
                     _ => send_error(&tx, "channel must be \"random\" or \"feed\""),
                 }
             }
@@ -119,16 +115,16 @@ async fn user_connected(socket: WebSocket, users: Users) {
                     .and_then(|data| data.remove("schedule"));
                 let message = Message::text(Value::Object(chat).to_string());
                 // The channel the message was sent in, now: a scheduled message goes there.
-                let channel = users.lock().unwrap().users[&id].channel;
+                let room = users.lock().unwrap().room_of.get(&id).copied();
                 match schedule.as_ref().map(schedule_delay) {
-                    None => broadcast(&users.lock().unwrap(), channel, Some(&id), message),
+                    None => broadcast(&users.lock().unwrap(), room, Some(&id), message),
                     // Wait in a task of its own: sleeping here would stop this loop reading
                     // the sender's next messages for hours (the 2018 server did just that).
                     Some(Ok(delay)) => {
                         let users = users.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(delay).await;
-                            broadcast(&users.lock().unwrap(), channel, None, message);
+                            broadcast(&users.lock().unwrap(), room, None, message);
                         });
                     }
                     Some(Err(reason)) => send_error(&tx, &format!("schedule: {reason}")),
@@ -147,27 +143,27 @@ async fn user_connected(socket: WebSocket, users: Users) {
     hub.users.remove(&id);
 }
 
-/// Queues `message` for every user in `channel` but `skip` (a sender's page shows its message
-/// already). The feed and the rooms never see each other's messages.
-fn broadcast(hub: &Hub, channel: Channel, skip: Option<&str>, message: Message) {
-    for (id, user) in &hub.users {
-        if user.channel == channel && Some(id.as_str()) != skip {
+/// Queues `message` for every user but `skip` (a sender's page shows its message already), in
+/// `room` only (`None`: the feed): the feed and the rooms never see each other's messages.
+fn broadcast(hub: &Hub, room: Option<usize>, skip: Option<&str>, message: Message) {
+    for (id, tx) in &hub.users {
+        if hub.room_of.get(id).copied() == room && Some(id.as_str()) != skip {
             // This fails only if that user's writer has stopped; its reader cleans up.
-            let _ = user.tx.send(message.clone());
+            let _ = tx.send(message.clone());
         }
     }
 }
 
 /// Pairs `id` with someone waiting alone, or opens a room for `id` to wait in.
 fn join_random(hub: &mut Hub, id: &str) {
-    if let Channel::Room(room) = hub.users[id].channel {
+    if let Some(&room) = hub.room_of.get(id) {
         let status = if hub.rooms[&room].len() == 2 { "paired" } else { "waiting" };
         return notify(hub, id, "random", status); // already in a room: only say where
     }
     let waiting = hub.rooms.iter().find(|(_, members)| members.len() == 1);
     let room = waiting.map_or(hub.next_room + 1, |(&room, _)| room);
-    hub.next_room = hub.next_room.max(room); // a new room takes the next number
-    hub.users.get_mut(id).unwrap().channel = Channel::Room(room);
+    hub.next_room = hub.next_room.max(room); // a new room takes the next number: none is reused
+    hub.room_of.insert(id.to_owned(), room);
     let members = hub.rooms.entry(room).or_default();
     members.push(id.to_owned());
     let status = if members.len() == 2 { "paired" } else { "waiting" };
@@ -176,18 +172,9 @@ fn join_random(hub: &mut Hub, id: &str) {
     }
 }
 
-/// Takes `id` out of any room and back to the feed.
-fn join_feed(hub: &mut Hub, id: &str) {
-    leave_room(hub, id);
-    hub.users.get_mut(id).unwrap().channel = Channel::Feed;
-    notify(hub, id, "feed", "joined");
-}
-
-/// Frees `id`'s place in its room; a partner left behind waits there for the next seeker.
+/// Takes `id` out of its room into the feed; a partner left behind waits for the next seeker.
 fn leave_room(hub: &mut Hub, id: &str) {
-    let Channel::Room(room) = hub.users[id].channel else {
-        return;
-    };
+    let Some(room) = hub.room_of.remove(id) else { return };
     let members = hub.rooms.get_mut(&room).unwrap();
     members.retain(|member| member != id);
     match members.first().cloned() {
@@ -198,7 +185,7 @@ fn leave_room(hub: &mut Hub, id: &str) {
 
 fn notify(hub: &Hub, id: &str, channel: &str, status: &str) {
     let notice = json!({"channel": channel, "status": status}).to_string();
-    let _ = hub.users[id].tx.send(Message::text(notice));
+    let _ = hub.users[id].send(Message::text(notice));
 }
 
 /// Tells only this user what was wrong with its frame.

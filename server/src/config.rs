@@ -9,8 +9,8 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on: an IP address, or a host name such as `localhost`.
+    #[arg(long, default_value = "0.0.0.0", value_parser = listen_address)]
     pub addr: IpAddr,
 
     /// Port to listen on; 0 picks a free one.
@@ -155,6 +155,21 @@ pub struct Limits {
     pub shutdown_secs: u64,
 }
 
+/// `--addr`: an IP address as it is, or a host name resolved to its first address (IPv4 first).
+fn listen_address(addr: &str) -> Result<IpAddr, String> {
+    if let Ok(ip) = addr.parse() {
+        return Ok(ip);
+    }
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&(addr, 0))
+        .map_err(|error| format!("not an IP address, and no host of that name: {error}"))?;
+    let ips: Vec<IpAddr> = resolved.map(|address| address.ip()).collect();
+    ips.iter()
+        .find(|ip| ip.is_ipv4())
+        .or(ips.first())
+        .copied()
+        .ok_or(format!("{addr} has no address"))
+}
+
 impl Limits {
     pub fn max_delay(&self) -> Duration {
         Duration::from_secs(self.max_delay_secs)
@@ -190,5 +205,17 @@ impl Default for Limits {
             limits: Limits,
         }
         LimitsOnly::parse_from(["server"]).limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_takes_an_ip_address_or_a_host_name() {
+        let addr = |value| Config::parse_from(["server", "--addr", value]).addr;
+        assert_eq!(addr("127.0.0.1"), IpAddr::from([127, 0, 0, 1]));
+        assert!(addr("localhost").is_loopback());
     }
 }

@@ -1,19 +1,24 @@
 //! `cargo run -p client --bin chat -- ws://127.0.0.1:8000/`: chat from a terminal, or a script.
 //!
 //! Each line read from stdin is sent as a text message, except the commands:
-//! `/schedule ... message TEXT`, `/random`, `/feed`, `/emoji 😋`, `/help` and `/quit`.
+//! `/schedule ... message TEXT`, `/random`, `/feed`, `/emoji 😋`, `/help` and `/quit`; any other
+//! `/word` is refused with the list of commands, so a typo never reaches everyone.
 //! What arrives is printed one line per frame on stdout, so the output can be piped too;
 //! mistakes in what you typed are explained on stderr. At the end of stdin (or `/quit`) the
 //! client closes the connection politely and waits for the server's answer, so every line
 //! piped in has reached the server before the process exits.
+//!
+//! With `--raw`, each line is sent exactly as typed and each text frame is printed exactly as
+//! it came: for the lessons' guides, which send JSON by hand (and frames that are not JSON).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use client::Connection;
+use client::connection::{Socket, one_line};
 use client::schedule::{self, EXAMPLE};
-use client::{Connection, connection::Socket};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -41,27 +46,44 @@ commands:
   /random                                 chat 1:1 with a random stranger (lesson05 on)
   /feed                                   back to the feed everyone shares
   /emoji 😋                               send an emoji
+  /help                                   this list
   /quit                                   leave (so does the end of input)";
 
-/// A terminal client for the chatterbox servers.
+/// chat: talk to a chatterbox server (any lesson, or the finished server) from a terminal or a
+/// script.
 #[derive(Parser)]
-#[command(version, about, after_help = HELP)]
+#[command(version, after_help = HELP)]
 struct Args {
     /// The server's WebSocket address.
     #[arg(default_value = "ws://127.0.0.1:8000/")]
     server: String,
+
+    /// Send each line exactly as typed (no commands, no JSON wrapping) and print each frame
+    /// exactly as it comes.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args.server).await {
+    match run(&args.server, args.raw).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("chat: {error:#}");
+            eprintln!("chat: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses a web address before trying it: `http://host:8000/` is the page, `ws://` the chat.
+fn check_scheme(server: &str) -> Result<()> {
+    for (web, chat) in [("http://", "ws://"), ("https://", "wss://")] {
+        if let Some(rest) = server.strip_prefix(web) {
+            anyhow::bail!("{server} is a web address; use {chat}{rest} for the chat");
+        }
+    }
+    Ok(())
 }
 
 type Sink = SplitSink<Socket, Message>;
@@ -73,7 +95,8 @@ enum Command {
     Nothing,
 }
 
-async fn run(server: &str) -> Result<()> {
+async fn run(server: &str, raw: bool) -> Result<()> {
+    check_scheme(server)?;
     let connection = Connection::connect(server).await?;
     let (mut sink, mut frames) = connection.into_socket().split();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
@@ -86,6 +109,10 @@ async fn run(server: &str) -> Result<()> {
             line = stdin.next_line() => {
                 let line = line.context("reading stdin failed")?;
                 let Some(line) = line else { break };
+                if raw {
+                    sink.send(Message::text(line)).await.context("sending failed")?;
+                    continue;
+                }
                 match command(&line, my_id.as_deref()) {
                     Command::Send(frame) => send(&mut sink, &frame).await?,
                     Command::Quit => break,
@@ -97,7 +124,7 @@ async fn run(server: &str) -> Result<()> {
                     say!("* the server closed the connection");
                     return Ok(());
                 }
-                Some(Ok(message)) => show(&message, &mut my_id),
+                Some(Ok(message)) => show(&message, &mut my_id, raw),
                 Some(Err(error)) => return Err(error).context("the connection failed"),
             },
         }
@@ -112,7 +139,7 @@ async fn run(server: &str) -> Result<()> {
             if message.is_close() {
                 break;
             }
-            show(&message, &mut my_id);
+            show(&message, &mut my_id, raw);
         }
     };
     if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
@@ -166,14 +193,23 @@ fn command(line: &str, my_id: Option<&str>) -> Command {
             Command::Nothing
         }
         "/emoji" => chat("emoji", json!({"emoji": rest.trim()})),
-        // Anything else, "/shrug" included, is chat.
+        // A typo such as /randon must not go to everyone as chat.
+        _ if word.starts_with('/') && word.len() > 1 => {
+            eprintln!("! unknown command {word}; {HELP}");
+            Command::Nothing
+        }
         _ => chat("text", json!({"text": line})),
     }
 }
 
-/// Prints one incoming frame as one line (a multi-line message keeps its lines).
-fn show(message: &Message, my_id: &mut Option<String>) {
+/// Prints one incoming frame as one line (a multi-line message keeps its lines); in raw mode,
+/// each text frame exactly as it came.
+fn show(message: &Message, my_id: &mut Option<String>, raw: bool) {
     let Message::Text(text) = message else { return };
+    if raw {
+        say!("{text}");
+        return;
+    }
     let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
         // Not a JSON object: lessons 01-02 relay whatever anyone sent.
         say!("~ {text}");
