@@ -369,7 +369,12 @@ impl Connection {
     /// A connection over a socket whose handshake the caller made (from a chosen local
     /// address, with extra headers).
     pub fn from_socket(socket: Socket) -> Connection {
-        Connection { socket, timeout: DEFAULT_TIMEOUT }
+        Connection {
+            socket,
+            timeout: DEFAULT_TIMEOUT,
+            name: "the client".to_owned(),
+            last_sent: LastSent::default(),
+        }
     }
 
     /// The underlying socket, for callers that read and write at the same time (the benchmark).
