@@ -2,7 +2,8 @@
 //!
 //! - [`web`]: the browser chat page (files under `web/`, embedded at compile time) as a warp filter;
 //!   `cargo run -p client` serves it, and the finished server serves it at its own `/`.
-//! - [`schedule`]: the `/schedule hours 1 seconds 9 message ...` grammar, shared with the server.
+//! - [`schedule`]: the `/schedule hours 1 seconds 9 message ...` grammar, from the `wire`
+//!   package that the server shares (re-exported here for the clients).
 //! - [`Connection`]: a typed WebSocket connection whose every wait has a timeout; the lesson tests,
 //!   the server tests, the terminal client (`chat`) and the benchmark all talk through it.
 //!   [`Conversation`] names a test's connections and waits 2 s per frame, so that a lesson test
@@ -15,8 +16,9 @@ pub mod connection;
 pub mod http;
 pub mod message;
 pub mod running;
-pub mod schedule;
 pub mod web;
 
 pub use connection::{Connection, Conversation, Frame};
 pub use running::RunningServer;
+/// The `/schedule` grammar, from the `wire` package the server shares.
+pub use wire::schedule;

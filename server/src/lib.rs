@@ -9,7 +9,7 @@
 //!   [`frame_meter`] (a budget for every frame, a deadline for fragmented messages) and the
 //!   [`rate_limit`], and become a [`command`]; frames out come from its bounded [`outbox`].
 //! - [`command`] is where a frame becomes its effects: [`protocol`] reads it (with the
-//!   `/schedule` grammar from `client::schedule`), and it goes to the hub or the scheduler.
+//!   `/schedule` grammar from `wire::schedule`), and it goes to the hub or the scheduler.
 //! - [`hub`] knows the feed, the rooms and the pairing queue: it gives each [`message`] its
 //!   `seq`, encodes it once into a [`frame`], fans it out to the queues of those who should get
 //!   it (evicting any whose queue is full), keeps the recent ones for newcomers and resumes,

@@ -10,9 +10,9 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::frame::Frame;
-use client::schedule::{self, Schedule};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use wire::schedule::{self, Schedule};
 
 use crate::config::Limits;
 use crate::message::{ChatMessage, WireChat};
@@ -204,7 +204,7 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
     Ok(Inbound::Chat { body, delay })
 }
 
-/// A wire schedule such as `{"hours": 1, "seconds": "9"}`, read by `client::schedule`.
+/// A wire schedule such as `{"hours": 1, "seconds": "9"}`, read by `wire::schedule`.
 fn schedule_delay(value: &Value, limits: &Limits) -> Result<Duration, FrameError> {
     let Value::Object(units) = value else {
         return refuse("schedule: must be an object such as {\"minutes\": 5}");

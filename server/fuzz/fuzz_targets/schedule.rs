@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Some(Ok(command)) = client::schedule::parse(text) {
+    if let Some(Ok(command)) = wire::schedule::parse(text) {
         let _ = command.schedule.delay();
     }
 });

@@ -208,10 +208,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     }
 
     println!("{machine}");
-    println!(
-        "Command: `cargo run -p client --release --bin chatload -- compare{}`\n",
-        command_suffix(&args)
-    );
+    println!("Command: `cargo run -p chatload --release -- compare{}`\n", command_suffix(&args));
     let first = if args.baseline.is_some() { "baseline" } else { "lesson05" };
     println!("{}", table(&results, &selected, args.runs, first));
     println!("{}", targets(&results, &selected));
@@ -264,7 +261,7 @@ fn binaries(build: bool, baseline: Option<PathBuf>) -> Result<Binaries> {
         .to_path_buf();
     if build {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         eprintln!("building lesson05 and server (release) into {}", target_dir.display());
         let status = std::process::Command::new(&cargo)
             .args(["build", "--release", "-p", "lesson05", "-p", "server", "--manifest-path"])
