@@ -465,3 +465,99 @@ fn offer(id: PeerId, peer: &Peer, frame: &Frame, evicted: &mut Vec<PeerId>) {
         evicted.push(id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::collections::VecDeque;
+
+    fn hub(on_join: usize, resume_max: usize) -> Hub {
+        let store = Arc::new(MemoryStore::new(100));
+        Hub::new(store, HistoryLimits { on_join, resume_max }, Vec::new())
+    }
+
+    /// A member joined with `catchup`, and its queue.
+    fn member(hub: &Hub, catchup: Catchup) -> (PeerId, Arc<Outbox>) {
+        let id = Uuid::new_v4();
+        let outbox = Arc::new(Outbox::new(1000));
+        let (evict, _) = oneshot::channel();
+        assert!(hub.join(id, outbox.clone(), evict, catchup));
+        (id, outbox)
+    }
+
+    fn frames(outbox: &Outbox) -> Vec<serde_json::Value> {
+        let mut batch = VecDeque::new();
+        outbox.take_all(&mut batch);
+        batch.iter().map(|frame| serde_json::from_str(frame.payload()).unwrap()).collect()
+    }
+
+    fn say(hub: &Hub, from: PeerId, count: usize) {
+        let author: Arc<str> = "a".into();
+        for n in 0..count {
+            hub.publish(from, &author, Body::Text(n.to_string()));
+        }
+    }
+
+    fn seqs(frames: &[serde_json::Value]) -> Vec<u64> {
+        frames.iter().filter_map(|frame| frame["seq"].as_u64()).collect()
+    }
+
+    #[test]
+    fn a_newcomer_gets_the_latest_then_live_and_a_resume_gets_what_it_missed() {
+        let hub = hub(3, 5);
+        let (speaker, _) = member(&hub, Catchup::Latest);
+        say(&hub, speaker, 8);
+        let (_, newcomer) = member(&hub, Catchup::Latest);
+        let (_, resumed) = member(&hub, Catchup::After(6));
+        say(&hub, speaker, 1);
+        let newcomer = frames(&newcomer);
+        assert_eq!(seqs(&newcomer), [6, 7, 8, 9]);
+        assert!(newcomer[..3].iter().all(|f| f["history"] == true));
+        assert!(newcomer[3].get("history").is_none());
+        assert_eq!(seqs(&frames(&resumed)), [7, 8, 9]);
+    }
+
+    #[test]
+    fn a_resume_past_the_limit_is_told_what_was_skipped_and_one_past_the_newest_is_reset() {
+        // Memory holds 3 of 5: the server cannot count what it skips, and says where it starts.
+        let hub = hub(2, 3);
+        let (speaker, _) = member(&hub, Catchup::Latest);
+        say(&hub, speaker, 5);
+        let (_, far_behind) = member(&hub, Catchup::After(0));
+        let far_behind = frames(&far_behind);
+        assert_eq!(far_behind[0], serde_json::json!({"history": {"after": 0, "first": 3}}));
+        assert_eq!(seqs(&far_behind[1..]), [3, 4, 5]);
+        // Memory holds 10: it can.
+        let counted = self::hub(10, 3);
+        let (speaker, _) = member(&counted, Catchup::Latest);
+        say(&counted, speaker, 5);
+        let (_, far_behind) = member(&counted, Catchup::After(0));
+        let first = &frames(&far_behind)[0];
+        assert_eq!(*first, serde_json::json!({"history": {"after": 0, "skipped": 2, "first": 3}}));
+        let (_, ahead) = member(&hub, Catchup::After(50));
+        let ahead = frames(&ahead);
+        assert_eq!(
+            ahead[0],
+            serde_json::json!({"history": {"reset": true, "after": 50, "newest": 5}})
+        );
+        assert_eq!(seqs(&ahead[1..]), [4, 5]);
+    }
+
+    #[test]
+    fn rooms_number_their_own_messages_and_pages_come_from_memory_when_they_can() {
+        let hub = hub(0, 4);
+        let (a, _) = member(&hub, Catchup::Latest);
+        let (b, b_frames) = member(&hub, Catchup::Latest);
+        say(&hub, a, 6);
+        hub.join_random(a);
+        hub.join_random(b);
+        frames(&b_frames);
+        say(&hub, a, 2);
+        assert_eq!(seqs(&frames(&b_frames)), [1, 2], "a room counts from 1");
+        // The feed keeps its newest 4: pages within them come from memory, older ones do not.
+        let page = hub.page(Channel::Feed, 7, 2).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6]);
+        assert!(hub.page(Channel::Feed, 4, 2).is_none());
+    }
+}

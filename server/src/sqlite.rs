@@ -509,12 +509,7 @@ impl Writer {
         let keep = self.options.keep as i64;
         let names: Vec<&'static str> = self.seen.keys().copied().collect();
         for name in names {
-            let result = self.connection.execute(
-                "DELETE FROM messages WHERE channel = ?1
-                   AND seq <= (SELECT max(seq) FROM messages WHERE channel = ?1) - ?2",
-                params![name, keep],
-            );
-            if let Err(error) = result {
+            if let Err(error) = delete_older(&self.connection, name, keep) {
                 tracing::debug!(%error, "pruning old messages failed; will try again");
             }
         }
@@ -533,6 +528,15 @@ impl Writer {
         self.connection.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
         Ok(())
     }
+}
+
+/// Deletes all but the newest `keep` messages of channel `name` (a range of its primary key).
+fn delete_older(connection: &Connection, name: &str, keep: i64) -> rusqlite::Result<usize> {
+    connection.execute(
+        "DELETE FROM messages WHERE channel = ?1
+           AND seq <= (SELECT max(seq) FROM messages WHERE channel = ?1) - ?2",
+        params![name, keep],
+    )
 }
 
 /// One transaction: every change, then any reservation that must move ahead.
@@ -617,4 +621,129 @@ fn write_batch(
 /// The path `--database` names, or `None` for `memory`.
 pub fn database_path(argument: &str) -> Option<&Path> {
     (argument != "memory").then(|| Path::new(argument))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn open(path: &Path) -> SqliteStore {
+        SqliteStore::open(SqliteOptions { path: path.to_path_buf(), keep: 100, backlog: 1000 })
+            .unwrap()
+    }
+
+    fn message(seq: u64, text: &str) -> Change {
+        let body = Body::Text(text.into());
+        Change::Message(Arc::new(ChatMessage::new(Channel::Feed, seq, "a".into(), body, 7, false)))
+    }
+
+    fn schedule(id: u64) -> StoredSchedule {
+        let body = Body::Text(format!("s{id}"));
+        StoredSchedule {
+            id,
+            due_ms: 1_000 * id as i64,
+            channel: Channel::Feed,
+            author: "a".into(),
+            body,
+        }
+    }
+
+    #[test]
+    fn messages_and_seqs_survive_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = open(&path);
+        let loaded = store.load(10).unwrap();
+        assert_eq!(loaded.channels[0].1, 1, "a new file starts at seq 1");
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+        assert!(store.close(Duration::from_secs(5)));
+        let store = open(&path);
+        let loaded = store.load(2).unwrap();
+        let (channel, next, recent) = &loaded.channels[0];
+        assert_eq!((*channel, *next), (Channel::Feed, 4), "no gap after a clean close");
+        assert_eq!(recent.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(recent[1].body, Body::Text("m3".into()));
+        let page = store.page(Channel::Feed, 3, 10).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn after_a_crash_seqs_go_on_past_the_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = open(&path);
+        store.load(10).unwrap();
+        store.record(message(1, "m1"));
+        assert!(store.flush(Duration::from_secs(5)));
+        // No clean close: the process "dies" with its reservation still ahead.
+        std::mem::forget(store);
+        let loaded = open(&path).load(10).unwrap();
+        assert_eq!(loaded.channels[0].1, 2 + SEQ_RESERVE);
+        assert_eq!(loaded.channels[0].2.len(), 1);
+    }
+
+    #[test]
+    fn a_schedule_is_kept_until_delivered_and_an_interrupted_one_is_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = open(&path);
+        store.load(10).unwrap();
+        for id in 1..=3 {
+            store.record(Change::Schedule(schedule(id)));
+        }
+        let (written, marked) = oneshot::channel();
+        store.record(Change::Firing { id: 2, written });
+        store.record(Change::Firing { id: 3, written: oneshot::channel().0 });
+        store.record(Change::Delivered { id: 3, message: None });
+        assert!(store.flush(Duration::from_secs(5)));
+        assert_eq!(marked.blocking_recv(), Ok(true));
+        assert!(store.close(Duration::from_secs(5)));
+        let store = open(&path);
+        let loaded = store.load(10).unwrap();
+        assert_eq!(loaded.schedules.iter().map(|s| s.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(loaded.interrupted.iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
+        assert!(store.close(Duration::from_secs(5)));
+        // Settled: not interrupted a second time.
+        let loaded = open(&path).load(10).unwrap();
+        assert!(loaded.interrupted.is_empty());
+        assert_eq!(loaded.schedules.len(), 1);
+    }
+
+    #[test]
+    fn old_messages_are_deleted_down_to_the_newest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = open(&path);
+        store.load(10).unwrap();
+        for seq in 1..=20 {
+            store.record(message(seq, "x"));
+        }
+        assert!(store.close(Duration::from_secs(5)));
+        let connection = Connection::open(&path).unwrap();
+        assert_eq!(delete_older(&connection, "feed", 5).unwrap(), 15);
+        let oldest: i64 =
+            connection.query_row("SELECT min(seq) FROM messages", [], |row| row.get(0)).unwrap();
+        assert_eq!(oldest, 16);
+    }
+
+    #[test]
+    fn foreign_and_newer_files_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.txt");
+        std::fs::write(
+            &text,
+            "not a database, just some words that go on for a while\n".repeat(100),
+        )
+        .unwrap();
+        let options = |path: &Path| SqliteOptions { path: path.to_path_buf(), keep: 1, backlog: 1 };
+        assert!(matches!(SqliteStore::open(options(&text)), Err(OpenError::Foreign { .. })));
+        let newer = dir.path().join("newer.db");
+        drop(open(&newer));
+        Connection::open(&newer).unwrap().pragma_update(None, "user_version", 2).unwrap();
+        let error = SqliteStore::open(options(&newer)).err().unwrap();
+        assert!(matches!(error, OpenError::Newer { found: 2, .. }), "{error}");
+    }
 }
