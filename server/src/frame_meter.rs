@@ -12,6 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -111,48 +112,26 @@ impl HeaderScanner {
     }
 }
 
-/// The frame budget: `rate` frames a second, `burst` at once. Unlike the message bucket there
-/// is no warning stage: a client over it is not typing, and is closed.
-#[derive(Debug, Clone)]
-struct FrameBudget {
-    rate: Option<f64>,
-    burst: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl FrameBudget {
-    fn new(rate: f64, burst: u32) -> FrameBudget {
-        let burst = f64::from(burst.max(1));
-        let rate = (rate > 0.0 && rate.is_finite()).then_some(rate);
-        FrameBudget { rate, burst, tokens: burst, refilled: Instant::now() }
-    }
-
-    /// Spends `frames` tokens; false once the budget is overdrawn.
-    fn spend(&mut self, frames: u32) -> bool {
-        let Some(rate) = self.rate else { return true };
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.refilled = now;
-        self.tokens = (self.tokens + elapsed * rate).min(self.burst) - f64::from(frames);
-        self.tokens >= 0.0
-    }
-}
-
-/// The limits, from the command line.
+/// The limits, from the command line; one copy shared by every connection.
 #[derive(Debug, Clone, Copy)]
 pub struct MeterLimits {
+    /// Frames a second, sustained; 0 turns the budget off.
     pub frame_rate: f64,
+    /// Frames at once.
     pub frame_burst: u32,
     pub fragment_timeout: Duration,
 }
 
-/// A socket whose inbound frames are counted and timed (see the module's documentation).
+/// A socket whose inbound frames are counted and timed (see the module's documentation). It
+/// lives as long as its connection, so it is kept small: the limits are shared, the budget is
+/// a token count and a time (a token bucket with no warning stage: a client over it is not
+/// typing, and is closed).
 pub struct FrameMeter<IO> {
     io: IO,
+    limits: Arc<MeterLimits>,
     scanner: HeaderScanner,
-    budget: FrameBudget,
-    fragment_timeout: Duration,
+    tokens: f32,
+    refilled: Instant,
     /// Armed while a fragmented message is unfinished; on the heap, and only then, so an idle
     /// connection does not carry a timer.
     fragment_deadline: Option<Pin<Box<Sleep>>>,
@@ -163,17 +142,33 @@ pub struct FrameMeter<IO> {
 }
 
 impl<IO> FrameMeter<IO> {
-    pub fn new(io: IO, limits: MeterLimits) -> FrameMeter<IO> {
+    pub fn new(io: IO, limits: Arc<MeterLimits>) -> FrameMeter<IO> {
         FrameMeter {
             io,
+            tokens: limits.frame_burst.max(1) as f32,
+            limits,
             scanner: HeaderScanner::default(),
-            budget: FrameBudget::new(limits.frame_rate, limits.frame_burst),
-            fragment_timeout: limits.fragment_timeout,
+            refilled: Instant::now(),
             fragment_deadline: None,
             violation: None,
             in_message: false,
             saw_close: false,
         }
+    }
+
+    /// Spends `frames` tokens of the budget; false once it is overdrawn.
+    fn spend(&mut self, frames: u32) -> bool {
+        let rate = self.limits.frame_rate;
+        if !(rate > 0.0 && rate.is_finite()) {
+            return true;
+        }
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        let burst = f64::from(self.limits.frame_burst.max(1));
+        let tokens = (f64::from(self.tokens) + elapsed * rate).min(burst) - f64::from(frames);
+        self.tokens = tokens as f32;
+        tokens >= 0.0
     }
 
     /// The socket itself, for writing frames that are already encoded and for draining it.
@@ -212,11 +207,12 @@ impl<IO> FrameMeter<IO> {
             }
         });
         self.saw_close = saw_close;
-        if frames > 0 && !self.budget.spend(frames) {
+        if frames > 0 && !self.spend(frames) {
             return Err(Violation::TooManyFrames);
         }
         if in_message && !self.in_message {
-            self.fragment_deadline = Some(Box::pin(tokio::time::sleep(self.fragment_timeout)));
+            let timeout = self.limits.fragment_timeout;
+            self.fragment_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
         } else if !in_message {
             self.fragment_deadline = None;
         }
@@ -321,12 +317,12 @@ mod tests {
         }
     }
 
-    fn limits(rate: f64, burst: u32, fragment_secs: u64) -> MeterLimits {
-        MeterLimits {
+    fn limits(rate: f64, burst: u32, fragment_secs: u64) -> Arc<MeterLimits> {
+        Arc::new(MeterLimits {
             frame_rate: rate,
             frame_burst: burst,
             fragment_timeout: Duration::from_secs(fragment_secs),
-        }
+        })
     }
 
     #[tokio::test]

@@ -45,6 +45,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Limits;
 use crate::connections::Connections;
+use crate::frame_meter::MeterLimits;
 use crate::hub::{HistoryLimits, Hub};
 use crate::scheduler::{ScheduleLimits, Scheduler};
 use crate::store::{MemoryStore, Store};
@@ -58,6 +59,8 @@ pub struct Server {
     scheduler: Scheduler,
     connections: Arc<Connections>,
     store: Arc<dyn Store>,
+    /// The frame meter's limits, shared by every connection.
+    meter: Arc<MeterLimits>,
     limits: Limits,
 }
 
@@ -100,7 +103,12 @@ impl Server {
         );
         let connections =
             Connections::new(limits.max_connections, limits.max_connections_per_address);
-        Ok(Arc::new(Server { hub, scheduler, connections, store, limits }))
+        let meter = Arc::new(MeterLimits {
+            frame_rate: limits.frame_rate,
+            frame_burst: limits.frame_burst,
+            fragment_timeout: limits.fragment_timeout(),
+        });
+        Ok(Arc::new(Server { hub, scheduler, connections, store, meter, limits }))
     }
 }
 
