@@ -256,10 +256,8 @@ pub fn error_frame(reason: &str) -> Frame {
 }
 
 #[derive(Serialize)]
-struct HistoryFrame<'a, T: Serialize> {
+struct HistoryFrame<T: Serialize> {
     history: T,
-    #[serde(skip)]
-    _borrow: std::marker::PhantomData<&'a ()>,
 }
 
 #[derive(Serialize)]
@@ -287,7 +285,7 @@ struct Page<'a> {
 }
 
 fn history_frame<T: Serialize>(history: T) -> Frame {
-    Frame::json(&HistoryFrame { history, _borrow: std::marker::PhantomData })
+    Frame::json(&HistoryFrame { history })
 }
 
 /// `{"history": {"after": A, "skipped": K, "first": F}}`: a resuming client missed more than
