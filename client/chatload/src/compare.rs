@@ -315,6 +315,7 @@ async fn run_once(
                     clients,
                     server_pid: Some(pid),
                     concurrency: 64,
+                    history: 0,
                     hold: Duration::from_secs(1),
                     deadline,
                 };

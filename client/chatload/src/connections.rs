@@ -125,6 +125,12 @@ async fn wait_for_id(socket: &mut Socket) -> Result<()> {
     }
 }
 
+/// Whether a frame is a message the finished server replays to a newcomer (`"history": true`,
+/// last in the frame) rather than a live one.
+pub fn is_history(text: &str) -> bool {
+    text.ends_with(r#","history":true}"#)
+}
+
 fn error_context(error: tungstenite::Error) -> anyhow::Error {
     anyhow!(error).context("reading the {\"id\"} frame failed")
 }

@@ -92,6 +92,10 @@ struct IdleArgs {
     /// Seconds to hold the connections open before measuring.
     #[arg(long, default_value_t = 1.0)]
     hold: f64,
+    /// History frames each connection is to receive after its id (the finished server's
+    /// `--history`, if the feed has that many messages); fail if any connection gets fewer.
+    #[arg(long, default_value_t = 0)]
+    history: usize,
 }
 
 fn main() -> Result<()> {
@@ -134,6 +138,7 @@ fn main() -> Result<()> {
                     clients: args.target.clients,
                     server_pid: args.target.server_pid,
                     concurrency: args.target.concurrency,
+                    history: args.history,
                     hold: seconds(args.hold),
                     deadline: Duration::from_secs(args.target.deadline),
                 };
@@ -144,6 +149,13 @@ fn main() -> Result<()> {
                 }
                 if report.dropped > 0 {
                     anyhow::bail!("{} connections ended while they were held", report.dropped);
+                }
+                if report.short_of_history > 0 {
+                    anyhow::bail!(
+                        "{} connections received fewer than {} history frames",
+                        report.short_of_history,
+                        report.history_expected
+                    );
                 }
             }
             Command::Compare(args) => compare::run(args).await?,
