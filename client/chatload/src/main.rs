@@ -4,15 +4,18 @@
 //!   connections send M messages each; every other connection must get each exactly once.
 //! - `chatload idle --url ... --clients N --server-pid PID`: server memory per idle connection.
 //! - `chatload compare`: builds `lesson05` and `server` in release mode and runs the standard
-//!   configurations against both, printing a markdown table (see docs/PERFORMANCE.md).
+//!   configurations against both, printing a markdown table (see docs/PERFORMANCE.md);
+//!   `chatload compare --store`: the server's SQLite store against `--database memory`.
 //!
 //! It only ever targets loopback addresses, and every run ends by itself within `--deadline`.
 
 mod compare;
 mod connections;
 mod fanout;
+mod feed;
 mod idle;
 mod process_stats;
+mod start;
 
 use std::time::Duration;
 
