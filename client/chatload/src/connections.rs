@@ -91,7 +91,8 @@ pub async fn open(
     Ok((sockets, started.elapsed()))
 }
 
-async fn connect_one(url: &str) -> Result<Socket> {
+/// Opens one connection and waits for its `{"id":..}` frame, within [`CONNECT_TIMEOUT`].
+pub async fn connect_one(url: &str) -> Result<Socket> {
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let attempt = async {
         // Nagle's algorithm off: small chat frames should leave at once, as a browser's do.
@@ -123,6 +124,41 @@ async fn wait_for_id(socket: &mut Socket) -> Result<()> {
             None => bail!("the server closed the connection before sending an id"),
         }
     }
+}
+
+/// Whether a frame is a message the finished server replays to a newcomer (`"history": true`,
+/// last in the frame) rather than a live one.
+pub fn is_history(text: &str) -> bool {
+    text.ends_with(r#","history":true}"#)
+}
+
+/// Reads frames until `count` history frames have arrived, within [`CONNECT_TIMEOUT`];
+/// anything else before them is a protocol error. Returns the `seq` of the last one.
+pub async fn read_history(socket: &mut Socket, count: usize) -> Result<Option<u64>> {
+    let attempt = async {
+        let mut last_seq = None;
+        for index in 0..count {
+            let text = loop {
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => break text,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(other)) => bail!("expected history frame {index}, got {other:?}"),
+                    Some(Err(error)) => return Err(anyhow!(error).context("reading history")),
+                    None => bail!("the server closed the connection after {index} history frames"),
+                }
+            };
+            if !is_history(&text) {
+                bail!("expected {count} history frames, got {text:?} after {index}");
+            }
+            let frame: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("history frame {index} is not JSON: {text:?}"))?;
+            last_seq = frame.get("seq").and_then(serde_json::Value::as_u64);
+        }
+        anyhow::Ok(last_seq)
+    };
+    timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| anyhow!("{count} history frames did not arrive within {CONNECT_TIMEOUT:?}"))?
 }
 
 fn error_context(error: tungstenite::Error) -> anyhow::Error {

@@ -485,7 +485,7 @@ async fn read_tokens(
         };
         // The finished server replays recent messages to a newcomer (`"history": true`, last
         // in the frame): earlier runs' traffic, not this run's deliveries.
-        if text.ends_with(r#","history":true}"#) {
+        if connections::is_history(&text) {
             continue;
         }
         match parse_token(&text) {

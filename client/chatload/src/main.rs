@@ -4,15 +4,18 @@
 //!   connections send M messages each; every other connection must get each exactly once.
 //! - `chatload idle --url ... --clients N --server-pid PID`: server memory per idle connection.
 //! - `chatload compare`: builds `lesson05` and `server` in release mode and runs the standard
-//!   configurations against both, printing a markdown table (see docs/PERFORMANCE.md).
+//!   configurations against both, printing a markdown table (see docs/PERFORMANCE.md);
+//!   `chatload compare --store`: the server's SQLite store against `--database memory`.
 //!
 //! It only ever targets loopback addresses, and every run ends by itself within `--deadline`.
 
 mod compare;
 mod connections;
 mod fanout;
+mod feed;
 mod idle;
 mod process_stats;
+mod start;
 
 use std::time::Duration;
 
@@ -92,6 +95,10 @@ struct IdleArgs {
     /// Seconds to hold the connections open before measuring.
     #[arg(long, default_value_t = 1.0)]
     hold: f64,
+    /// History frames each connection is to receive after its id (the finished server's
+    /// `--history`, if the feed has that many messages); fail if any connection gets fewer.
+    #[arg(long, default_value_t = 0)]
+    history: usize,
 }
 
 fn main() -> Result<()> {
@@ -134,6 +141,7 @@ fn main() -> Result<()> {
                     clients: args.target.clients,
                     server_pid: args.target.server_pid,
                     concurrency: args.target.concurrency,
+                    history: args.history,
                     hold: seconds(args.hold),
                     deadline: Duration::from_secs(args.target.deadline),
                 };
@@ -144,6 +152,13 @@ fn main() -> Result<()> {
                 }
                 if report.dropped > 0 {
                     anyhow::bail!("{} connections ended while they were held", report.dropped);
+                }
+                if report.short_of_history > 0 {
+                    anyhow::bail!(
+                        "{} connections received fewer than {} history frames",
+                        report.short_of_history,
+                        report.history_expected
+                    );
                 }
             }
             Command::Compare(args) => compare::run(args).await?,

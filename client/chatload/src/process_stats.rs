@@ -71,6 +71,27 @@ fn schedstat(pid: u32) -> Option<f64> {
     Some(nanoseconds as f64 / 1e9)
 }
 
+/// Waits until the process uses less than `busy` of one CPU over a `period`, or until
+/// `deadline`: a server that has caught up with its background work (a store writing a
+/// backlog). Says whether it went quiet.
+pub async fn wait_until_quiet(
+    pid: u32,
+    period: Duration,
+    busy: f64,
+    deadline: std::time::Instant,
+) -> Result<bool> {
+    let mut before = CpuTime::read(pid)?;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(period).await;
+        let now = CpuTime::read(pid)?;
+        if now.since(&before) < busy * period.as_secs_f64() {
+            return Ok(true);
+        }
+        before = now;
+    }
+    Ok(false)
+}
+
 /// Resident memory now (`VmRSS`) and at its peak so far (`VmHWM`), in KiB.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Memory {

@@ -118,6 +118,42 @@ async fn server_delivers_every_message_exactly_once() -> Result<()> {
     smoke("server", &["--message-rate", "0", "--frame-rate", "0"]).await
 }
 
+/// The pieces of `compare --store`'s I1h: messages put into the feed by a sender, then idle
+/// connections that each receive them as history, and the server's CPU while they connect.
+/// (`compare --store` itself builds release binaries and fills a million messages: not a smoke
+/// test.)
+#[tokio::test]
+async fn idle_connections_receive_the_feed_history() -> Result<()> {
+    let args = ["--message-rate", "0", "--frame-rate", "0", "--database", "memory"];
+    let server = RunningServer::start(workspace_binary("server")?, &args).await?;
+    let (url, pid) = (server.ws_url(), server.pid().context("the server exited")?.to_string());
+    // Four messages and the sender's end marker: five in the feed.
+    let (ok, _, text) =
+        chatload(&["fanout", "--url", &url, "--clients", "2", "--senders", "1", "--messages", "4"])
+            .await?;
+    assert!(ok, "chatload fanout failed: {text}");
+    let (ok, report, text) = chatload(&[
+        "idle",
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--server-pid",
+        &pid,
+        "--hold",
+        "0.1",
+        "--history",
+        "5",
+    ])
+    .await?;
+    assert!(ok, "chatload idle --history failed: {text}");
+    assert_eq!(count(&report, "history_expected"), 5, "{text}");
+    assert_eq!(count(&report, "history_min"), 5, "{text}");
+    assert_eq!(count(&report, "short_of_history"), 0, "{text}");
+    assert!(report["server"]["connect_cpu_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{text}");
+    Ok(())
+}
+
 /// The check must be able to fail: with its default rate limit (10 messages a second after a
 /// burst of 20) the server refuses most of 50 messages sent at once, and chatload says so.
 #[tokio::test]
