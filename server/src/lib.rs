@@ -78,8 +78,10 @@ pub fn open_store(database: &str, limits: &Limits) -> Result<Arc<dyn Store>, sql
 }
 
 impl Server {
-    /// The server's state, going on from what `store` kept.
-    fn new(limits: Limits, store: Arc<dyn Store>) -> anyhow::Result<Arc<Server>> {
+    /// The server's state, going on from what `store` kept (its channels' newest messages and
+    /// pending schedules are loaded here, before anyone can connect). Starts the scheduler's
+    /// timer, so it must be called within a tokio runtime.
+    pub fn load(limits: Limits, store: Arc<dyn Store>) -> anyhow::Result<Arc<Server>> {
         let history = HistoryLimits { on_join: limits.history, resume_max: limits.resume_max };
         let loaded = store.load(history.on_join.max(history.resume_max))?;
         for schedule in &loaded.interrupted {
@@ -114,14 +116,9 @@ impl Server {
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, sends every client a
 /// close frame (1001, going away), waits for them up to the grace period, and writes
-/// everything the store was handed before it returns. Must be called within a tokio runtime.
-pub async fn serve(
-    listener: TcpListener,
-    limits: Limits,
-    store: Arc<dyn Store>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let server = Server::new(limits, store.clone())?;
+/// everything the store was handed before it returns.
+pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Future<Output = ()>) {
+    let store = server.store.clone();
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(http::accept_loop(
         listener,
@@ -149,5 +146,4 @@ pub async fn serve(
     if !matches!(closed, Ok(true)) {
         tracing::error!("shutdown: the store could not write everything it was given");
     }
-    Ok(())
 }

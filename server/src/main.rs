@@ -36,12 +36,16 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
+    // Then what it kept: loaded before the address line, so that a client that connects as
+    // soon as it sees the address finds the history there.
+    let server = server::Server::load(config.limits, store)?;
     let address = SocketAddr::new(config.addr, config.port);
     let listener =
         TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let shutdown = shutdown_signal();
     println!("listening on http://{}", listener.local_addr()?);
-    server::serve(listener, config.limits, store, shutdown).await
+    server::serve(listener, server, shutdown).await;
+    Ok(())
 }
 
 /// Ctrl-C, or SIGTERM (what `kill`, systemd and container runtimes send). The handlers are

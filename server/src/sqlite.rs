@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +43,10 @@ const SEQ_RESERVE: u64 = 1_000_000;
 
 /// Changes written in one transaction at most.
 const MAX_BATCH: usize = 4096;
+
+/// How long the writer lets a batch gather after its first change: far inside the 100 ms
+/// promise, and under load it turns many small transactions (each a sync to disk) into few.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// How often a failing write is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -85,8 +89,15 @@ enum Request {
 
 pub struct SqliteStore {
     queue: Mutex<Sender<Request>>,
+    /// Changes in the queue or waiting to be written; past `--store-backlog`, new messages are
+    /// delivered but not kept (and that is logged), so the server's memory stays bounded
+    /// whatever the disk does.
+    queued: Arc<AtomicUsize>,
+    backlog: usize,
     reader: Mutex<Connection>,
     failing: Arc<AtomicBool>,
+    /// Messages not kept because the backlog was full, since the writer last logged it.
+    dropped: Arc<AtomicU64>,
     /// Told by the writer thread when it ends, whether it wrote everything.
     writer: Mutex<Option<Receiver<bool>>>,
 }
@@ -126,6 +137,9 @@ impl SqliteStore {
         .map_err(|error| unwritable(error.to_string()))?;
         let (queue, requests) = mpsc::channel();
         let failing = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let backlog = options.backlog;
         let writer = Writer {
             connection,
             requests,
@@ -136,7 +150,8 @@ impl SqliteStore {
             flushes: Vec::new(),
             seen: HashMap::new(),
             reserved: HashMap::new(),
-            dropped: 0,
+            queued: queued.clone(),
+            dropped: dropped.clone(),
             last_failure_log: None,
             last_prune: Instant::now(),
         };
@@ -149,6 +164,9 @@ impl SqliteStore {
             .map_err(|error| unwritable(error.to_string()))?;
         Ok(SqliteStore {
             queue: Mutex::new(queue),
+            queued,
+            backlog,
+            dropped,
             reader: Mutex::new(reader),
             failing,
             writer: Mutex::new(Some(writer_finished)),
@@ -311,6 +329,14 @@ impl crate::store::Store for SqliteStore {
     }
 
     fn record(&self, change: Change) {
+        if matches!(change, Change::Message(_))
+            && self.queued.load(Ordering::Relaxed) >= self.backlog
+        {
+            // It was delivered live; it is only not kept. The writer logs how many.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if !self.send(Request::Change(change)) {
             tracing::error!("the store's writer has stopped; a change was not kept");
         }
@@ -371,8 +397,10 @@ struct Writer {
     seen: HashMap<&'static str, u64>,
     /// Per channel: the reservation on disk.
     reserved: HashMap<&'static str, u64>,
-    /// Changes not kept because the backlog was full, since the last log line.
-    dropped: u64,
+    /// Changes sent and not yet written (shared with `record`).
+    queued: Arc<AtomicUsize>,
+    /// Messages not kept because the backlog was full, since the last log line.
+    dropped: Arc<AtomicU64>,
     last_failure_log: Option<Instant>,
     last_prune: Instant,
 }
@@ -390,12 +418,15 @@ impl Writer {
             let mut open = true;
             if let Some(request) = first {
                 self.take(request);
-                // Group commit: whatever else has gathered goes into the same transaction.
+                // Group commit: whatever arrives in the next few milliseconds goes into the
+                // same transaction.
+                let until = Instant::now() + GATHER;
                 while self.pending.len() < MAX_BATCH {
-                    match self.requests.try_recv() {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    match self.requests.recv_timeout(wait) {
                         Ok(request) => self.take(request),
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        Err(mpsc::TryRecvError::Disconnected) => {
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
                             open = false;
                             break;
                         }
@@ -438,12 +469,6 @@ impl Writer {
                     let seen = self.seen.entry(name).or_default();
                     *seen = (*seen).max(message.seq);
                 }
-                if self.pending.len() >= self.options.backlog
-                    && matches!(change, Change::Message(_))
-                {
-                    self.dropped += 1;
-                    return;
-                }
                 self.pending.push(change);
             }
         }
@@ -458,6 +483,14 @@ impl Writer {
             write_batch(&mut self.connection, &self.pending, &self.seen, &mut self.reserved);
         match result {
             Ok(()) => {
+                self.queued.fetch_sub(self.pending.len(), Ordering::Relaxed);
+                let dropped = self.dropped.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    tracing::error!(
+                        dropped,
+                        "messages were delivered but not kept: the store's backlog was full"
+                    );
+                }
                 for change in self.pending.drain(..) {
                     if let Change::Firing { written, .. } = change {
                         self.acks.push(written);
@@ -483,10 +516,9 @@ impl Writer {
                         path = %self.options.path.display(),
                         %error,
                         waiting = self.pending.len(),
-                        dropped = self.dropped,
+                        dropped = self.dropped.swap(0, Ordering::Relaxed),
                         "the store cannot write; retrying every second (chat goes on)"
                     );
-                    self.dropped = 0;
                 }
                 // Whoever waits for a schedule's mark goes on: a failing disk must not stop
                 // schedules (see the scheduler).
