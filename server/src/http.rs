@@ -90,6 +90,7 @@ pub async fn accept_loop(
     }
     let _ = stopping.send(true);
     // Every connection task holds a receiver until it ends (or upgrades).
+    drop(stopped);
     stopping.closed().await;
 }
 
