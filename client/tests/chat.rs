@@ -4,7 +4,7 @@
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail};
 use client::message;
 use client::running::workspace_binary;
 use client::schedule::EXAMPLE;
@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+use common::{finished_server, say_and_hear, terminate};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -336,41 +339,6 @@ async fn help_addresses_and_connection_errors_read_well() -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // The finished server: history and resume
-
-/// The finished server on `database` (`memory`: nothing on disk), on `port` (0: a free one).
-async fn finished_server(database: &str, port: u16, flags: &[&str]) -> Result<RunningServer> {
-    let mut args = vec!["--database", database];
-    args.extend_from_slice(flags);
-    RunningServer::start_on_port(workspace_binary("server")?, &args, port).await
-}
-
-/// SIGTERM, as a deploy stops the server: it exits once what it accepted is written.
-async fn terminate(mut server: RunningServer) -> Result<()> {
-    let pid = server.pid().context("the server has no pid")?;
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
-    ensure!(status.success(), "kill -TERM {pid} failed");
-    let exit = server.wait_exit(WAIT).await?;
-    ensure!(exit.success(), "the server exited with {exit}");
-    Ok(())
-}
-
-/// `speaker` says each of `texts`, and `listener` hears them all: the server has numbered them.
-async fn say_and_hear(
-    speaker: &mut Connection,
-    listener: &mut Connection,
-    texts: &[&str],
-) -> Result<Vec<Value>> {
-    for text in texts {
-        speaker.send_json(&message::text(text)).await?;
-    }
-    let mut heard = Vec::new();
-    for text in texts {
-        let frame = listener.recv_json().await?;
-        ensure!(frame["data"]["text"] == *text, "expected {text:?}, got {frame}");
-        heard.push(frame);
-    }
-    Ok(heard)
-}
 
 /// What chat prints for `earlier` texts from the history, all by `author`, then for a `live`
 /// one by `live_author`.
