@@ -29,7 +29,7 @@ use tokio::process::{Child, Command};
 use tokio::time::timeout;
 
 mod common;
-use common::{finished_server, say_and_hear, terminate};
+use common::{TempDatabase, finished_server, say_from_elsewhere, say_while_away, terminate};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -297,14 +297,9 @@ async fn lesson(name: &str) -> Result<RunningServer> {
     RunningServer::start(workspace_binary(name)?, &[]).await
 }
 
-/// Says each of `texts` from a new connection to `server`, and waits until another one has
-/// heard them all: the server has numbered them. Both connections are closed afterwards.
-async fn say_from_elsewhere(server: &RunningServer, texts: &[String]) -> Result<()> {
-    let (mut speaker, _) = Connection::join(&server.ws_url()).await?;
-    let (mut listener, _) = Connection::join(&server.ws_url()).await?;
-    say_and_hear(&mut speaker, &mut listener, texts).await?;
-    speaker.close().await?;
-    listener.close().await
+/// A port nobody listens on now, for a server that must come back on the same one.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port())
 }
 
 /// "prefix 1", "prefix 2", ...
@@ -335,6 +330,26 @@ impl Chat {
         let alice_id = alice.id().await?;
         bob.id().await?;
         Ok(Chat { alice, bob, alice_id, _servers: [chat, pages] })
+    }
+}
+
+/// Alice's page, talking to the finished server on `database`, on a port that the server comes
+/// back to after a restart.
+struct RestartablePage {
+    alice: Page,
+    server: RunningServer,
+    port: u16,
+    _pages: RunningServer,
+}
+
+impl RestartablePage {
+    async fn open(browser: &Browser, database: &str, flags: &[&str]) -> Result<RestartablePage> {
+        let port = free_port()?;
+        let server = finished_server(database, port, flags).await?;
+        let pages = page_server().await?;
+        let alice = browser.open(&page_url(&pages, &server.ws_url())).await?;
+        alice.id().await?;
+        Ok(RestartablePage { alice, server, port, _pages: pages })
     }
 }
 
@@ -786,16 +801,12 @@ async fn a_reloaded_page_shows_the_earlier_messages_above_a_divider() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_server_restart_the_page_shows_every_message_once_in_order() -> Result<()> {
     with_browser(|browser| async move {
-        let dir = tempfile::tempdir()?;
-        let database = dir.path().join("chatterbox.db");
-        let database = database.to_str().context("a UTF-8 path")?;
+        let database = TempDatabase::new()?;
+        let database = database.path();
         // No history for newcomers: only ?after= can bring back what the page missed.
         let quiet = ["--history", "0"];
-        let port = std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port();
-        let server = finished_server(database, port, &quiet).await?;
-        let pages = page_server().await?;
-        let alice = browser.open(&page_url(&pages, &server.ws_url())).await?;
-        alice.id().await?;
+        let RestartablePage { alice, server, port, _pages } =
+            RestartablePage::open(&browser, database, &quiet).await?;
 
         let (mut bob, _) = Connection::join(&server.ws_url()).await?;
         for text in ["before 1", "before 2"] {
@@ -809,10 +820,8 @@ async fn after_a_server_restart_the_page_shows_every_message_once_in_order() -> 
         terminate(server).await?;
         alice.wait_system("disconnected").await?;
 
-        // Said while the page cannot reach the server: the same database, another port.
-        let meanwhile = finished_server(database, 0, &quiet).await?;
-        say_from_elsewhere(&meanwhile, &numbered("missed", 1..=3)).await?;
-        terminate(meanwhile).await?;
+        // Said while the page cannot reach the server.
+        say_while_away(database, &quiet, &numbered("missed", 1..=3)).await?;
 
         // Back on the page's port. Said while the page reconnects: each comes once, in the
         // history it resumes with or live, whichever way the race goes.
@@ -877,6 +886,57 @@ async fn scrolling_to_the_top_loads_earlier_messages_in_place() -> Result<()> {
         let moved = (after.as_f64().context("a number")? - before.as_f64().context("a number")?).abs();
         assert!(moved <= 2.0, "'earlier 16' moved by {moved} px ({before} → {after})");
         alice.screenshot("earlier-messages-loaded").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_back_with_an_empty_store_starts_the_numbers_again() -> Result<()> {
+    with_browser(|browser| async move {
+        let RestartablePage { alice, server, port, _pages } =
+            RestartablePage::open(&browser, "memory", &[]).await?;
+        say_from_elsewhere(&server, &numbered("old", 1..=3)).await?;
+        alice.wait_message("other", "old 3").await?;
+
+        // Killed, and back on the same port with nothing: its numbers start at 1 again, and
+        // the page, which asks for what came after 3, is told so.
+        server.stop().await?;
+        alice.wait_system("disconnected").await?;
+        let server = finished_server("memory", port, &[]).await?;
+        alice.wait_system("history-reset").await?;
+        say_from_elsewhere(&server, &["new 1"]).await?;
+        alice.wait_message("other", "new 1").await?;
+        let mut expected = numbered("old", 1..=3);
+        expected.push("new 1".into());
+        assert_eq!(alice.chat_texts().await?, expected);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_missed_more_than_the_server_replays_says_how_many() -> Result<()> {
+    with_browser(|browser| async move {
+        let database = TempDatabase::new()?;
+        let database = database.path();
+        let replays_two = ["--resume-max", "2"];
+        let RestartablePage { alice, server, port, _pages } =
+            RestartablePage::open(&browser, database, &replays_two).await?;
+        say_from_elsewhere(&server, &["seen"]).await?;
+        alice.wait_message("other", "seen").await?;
+
+        terminate(server).await?;
+        alice.wait_system("disconnected").await?;
+        say_while_away(database, &replays_two, &numbered("missed", 1..=5)).await?;
+        let _server = finished_server(database, port, &replays_two).await?;
+        alice.wait_message("other", "missed 5").await?;
+        let skipped = alice
+            .eval("return document.querySelector('#messages li.system[data-status=\"history-skipped\"]')?.textContent ?? null;")
+            .await?;
+        assert_eq!(skipped, json!("3 messages you missed while offline are not shown."));
+        assert_eq!(alice.chat_texts().await?, ["seen", "missed 4", "missed 5"]);
+        alice.screenshot("resume-skipped").await?;
         Ok(())
     })
     .await

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{finished_server, say_and_hear, terminate};
+use common::{TempDatabase, finished_server, say_from_elsewhere, say_while_away, terminate};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -352,23 +352,21 @@ fn earlier_then_live(author: &str, earlier: &[&str], live_author: &str, live: &s
 #[tokio::test]
 async fn history_is_printed_marked_earlier() -> Result<()> {
     let server = finished_server("memory", 0, &[]).await?;
-    let (mut alice, alice_id) = Connection::join(&server.ws_url()).await?;
-    let (mut bob, _) = Connection::join(&server.ws_url()).await?;
-    say_and_hear(&mut alice, &mut bob, &["said before", "and again"]).await?;
+    let earlier = ["said before", "and again"];
+    let speaker_id = say_from_elsewhere(&server, &earlier).await?;
 
     let (mut chat, _) = connected_chat(&server).await?;
+    let (mut alice, alice_id) = Connection::join(&server.ws_url()).await?;
     alice.send_json(&message::text("said live")).await?;
-    let expected =
-        earlier_then_live(&alice_id, &["said before", "and again"], &alice_id, "said live");
+    let expected = earlier_then_live(&speaker_id, &earlier, &alice_id, "said live");
     assert_eq!(chat.stdout_lines("said live").await?, expected);
     Ok(())
 }
 
 #[tokio::test]
 async fn after_a_restart_chat_resumes_with_exactly_what_it_missed() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let database = dir.path().join("chatterbox.db");
-    let database = database.to_str().context("a UTF-8 path")?;
+    let database = TempDatabase::new()?;
+    let database = database.path();
     // No history for newcomers: only ?after= can bring back what chat missed.
     let quiet = ["--history", "0"];
     let server = finished_server(database, 0, &quiet).await?;
@@ -385,15 +383,12 @@ async fn after_a_restart_chat_resumes_with_exactly_what_it_missed() -> Result<()
     assert_eq!(mine["data"]["text"], "mine, before the restart", "{mine}");
     let last_seen = mine["seq"].as_u64().context("a seq")? - 1;
 
+    other.close().await?; // so that the server need not wait for it to answer the close
     terminate(server).await?;
     chat.stderr_line("reconnecting in").await?;
-    // Said while chat cannot reach the server: on the same database, on another port.
-    let meanwhile = finished_server(database, 0, &quiet).await?;
-    let (mut speaker, speaker_id) = Connection::join(&meanwhile.ws_url()).await?;
-    let (mut listener, _) = Connection::join(&meanwhile.ws_url()).await?;
+    // Said while chat cannot reach the server.
     let missed = ["missed 1", "missed 2", "missed 3"];
-    say_and_hear(&mut speaker, &mut listener, &missed).await?;
-    terminate(meanwhile).await?;
+    let speaker_id = say_while_away(database, &quiet, &missed).await?;
 
     let server = finished_server(database, port, &quiet).await?;
     let line = chat.stderr_line("reconnected").await?;
