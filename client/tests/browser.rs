@@ -28,6 +28,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
 
+mod common;
+use common::{TempDatabase, finished_server, say_from_elsewhere, say_while_away, terminate};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
@@ -213,6 +216,26 @@ impl Page {
         self.wait_for(&condition, json!(text), &format!("{side} message {text:?}")).await
     }
 
+    /// Every chat message on the page, top to bottom, as `[place, side, text]`: `place` is
+    /// "earlier" above the history's divider, else "live"; `side` is "own" or "other".
+    async fn chat(&self) -> Result<Value> {
+        let script = "const divider = document.querySelector('#messages li.divider');
+            return [...document.querySelectorAll('#messages li.message')].map(li => [
+                divider && li.compareDocumentPosition(divider) & Node.DOCUMENT_POSITION_FOLLOWING
+                    ? 'earlier' : 'live',
+                li.classList.contains('own') ? 'own' : 'other',
+                li.querySelector('.bubble').textContent,
+            ]);";
+        self.eval(script).await
+    }
+
+    /// The text of every chat message on the page, top to bottom.
+    async fn chat_texts(&self) -> Result<Vec<String>> {
+        let chat = self.chat().await?;
+        let rows = chat.as_array().context("an array")?;
+        Ok(rows.iter().map(|row| row[2].as_str().unwrap_or_default().to_owned()).collect())
+    }
+
     /// Waits for a system line with this `data-status` (waiting, paired, scheduled, ...).
     async fn wait_system(&self, status: &str) -> Result<()> {
         let condition =
@@ -274,6 +297,16 @@ async fn lesson(name: &str) -> Result<RunningServer> {
     RunningServer::start(workspace_binary(name)?, &[]).await
 }
 
+/// A port nobody listens on now, for a server that must come back on the same one.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port())
+}
+
+/// "prefix 1", "prefix 2", ...
+fn numbered(prefix: &str, numbers: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    numbers.map(|number| format!("{prefix} {number}")).collect()
+}
+
 /// The page's address, told to talk to `chat_server`.
 fn page_url(pages: &RunningServer, chat_server: &str) -> String {
     format!("{}?server={chat_server}", pages.http_url())
@@ -297,6 +330,26 @@ impl Chat {
         let alice_id = alice.id().await?;
         bob.id().await?;
         Ok(Chat { alice, bob, alice_id, _servers: [chat, pages] })
+    }
+}
+
+/// Alice's page, talking to the finished server on `database`, on a port that the server comes
+/// back to after a restart.
+struct RestartablePage {
+    alice: Page,
+    server: RunningServer,
+    port: u16,
+    _pages: RunningServer,
+}
+
+impl RestartablePage {
+    async fn open(browser: &Browser, database: &str, flags: &[&str]) -> Result<RestartablePage> {
+        let port = free_port()?;
+        let server = finished_server(database, port, flags).await?;
+        let pages = page_server().await?;
+        let alice = browser.open(&page_url(&pages, &server.ws_url())).await?;
+        alice.id().await?;
+        Ok(RestartablePage { alice, server, port, _pages: pages })
     }
 }
 
@@ -698,6 +751,192 @@ async fn the_page_parses_schedule_exactly_like_the_rust_side() -> Result<()> {
             };
             assert_eq!(js, &rust, "JavaScript and Rust disagree on {input:?}");
         }
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// History, resume and earlier pages (the finished server)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_page_shows_the_earlier_messages_above_a_divider() -> Result<()> {
+    with_browser(|browser| async move {
+        let server = finished_server("memory", 0, &[]).await?;
+        // The page from this crate's binary, which `cargo test -p client` always rebuilds
+        // (the server's copy is as old as the server binary).
+        let pages = page_server().await?;
+        let alice = browser.open(&page_url(&pages, &server.ws_url())).await?;
+        alice.id().await?;
+        let (mut bob, _) = Connection::join(&server.ws_url()).await?;
+        for text in ["hello from before", "and once more"] {
+            alice.say(text).await?;
+            assert_eq!(bob.recv_json().await?["data"]["text"], text);
+        }
+        bob.send_json(&client::message::text("bob was here")).await?;
+        alice.wait_message("other", "bob was here").await?;
+
+        alice.session.refresh().await?;
+        alice.id().await?;
+        let divider = "document.querySelector('#messages li.divider')";
+        alice.wait_for(divider, Value::Null, "the history's divider").await?;
+        bob.send_json(&client::message::text("said after the reload")).await?;
+        alice.wait_message("other", "said after the reload").await?;
+        // Alice's own messages are still hers: the tab remembers the ids it was given.
+        assert_eq!(
+            alice.chat().await?,
+            json!([
+                ["earlier", "own", "hello from before"],
+                ["earlier", "own", "and once more"],
+                ["earlier", "other", "bob was here"],
+                ["live", "other", "said after the reload"],
+            ])
+        );
+        alice.screenshot("history-after-reload").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_restart_the_page_shows_every_message_once_in_order() -> Result<()> {
+    with_browser(|browser| async move {
+        let database = TempDatabase::new()?;
+        let database = database.path();
+        // No history for newcomers: only ?after= can bring back what the page missed.
+        let quiet = ["--history", "0"];
+        let RestartablePage { alice, server, port, _pages } =
+            RestartablePage::open(&browser, database, &quiet).await?;
+
+        let (mut bob, _) = Connection::join(&server.ws_url()).await?;
+        for text in ["before 1", "before 2"] {
+            bob.send_json(&client::message::text(text)).await?;
+        }
+        alice.wait_message("other", "before 2").await?;
+        // Not sent back to alice, so after the last seq she saw: it comes again on resuming.
+        alice.say("mine before").await?;
+        assert_eq!(bob.recv_json().await?["data"]["text"], "mine before");
+        bob.close().await?;
+        terminate(server).await?;
+        alice.wait_system("disconnected").await?;
+
+        // Said while the page cannot reach the server.
+        say_while_away(database, &quiet, &numbered("missed", 1..=3)).await?;
+
+        // Back on the page's port. Said while the page reconnects: each comes once, in the
+        // history it resumes with or live, whichever way the race goes.
+        let server = finished_server(database, port, &quiet).await?;
+        let (mut carol, _) = Connection::join(&server.ws_url()).await?;
+        for text in numbered("around", 1..=3) {
+            carol.send_json(&client::message::text(&text)).await?;
+        }
+        alice.wait_system("reconnected").await?;
+        alice.wait_message("other", "around 3").await?;
+        alice.say("mine after").await?;
+        assert_eq!(carol.recv_json().await?["data"]["text"], "mine after");
+        carol.send_json(&client::message::text("last")).await?;
+        alice.wait_message("other", "last").await?;
+
+        let mut expected = vec!["before 1".to_owned(), "before 2".into(), "mine before".into()];
+        expected.extend(numbered("missed", 1..=3));
+        expected.extend(numbered("around", 1..=3));
+        expected.extend(["mine after".to_owned(), "last".into()]);
+        assert_eq!(alice.chat_texts().await?, expected);
+        let seqs = alice
+            .eval("return [...document.querySelectorAll('#messages li[data-seq]')].map(li => Number(li.dataset.seq));")
+            .await?;
+        let seqs: Vec<u64> = serde_json::from_value(seqs)?;
+        assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "seqs out of order: {seqs:?}");
+        alice.screenshot("resume-after-restart").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrolling_to_the_top_loads_earlier_messages_in_place() -> Result<()> {
+    with_browser(|browser| async move {
+        let server = finished_server("memory", 0, &["--history", "5"]).await?;
+        say_from_elsewhere(&server, &numbered("earlier", 1..=20)).await?;
+        let pages = page_server().await?;
+        let alice = browser.open(&page_url(&pages, &server.ws_url())).await?;
+        // A short window, so that five messages already fill it and it scrolls.
+        alice.session.set_window_size(860, 420).await?;
+        alice.wait_message("other", "earlier 20").await?;
+        assert_eq!(alice.chat_texts().await?, numbered("earlier", 16..=20));
+        let overflows = alice
+            .eval("const scroller = document.getElementById('scroller'); return scroller.scrollHeight > scroller.clientHeight;")
+            .await?;
+        assert_eq!(overflows, json!(true), "the window must be short enough to scroll");
+
+        // Where "earlier 16" is on screen once the reader has scrolled to the top: it stays
+        // there while the earlier page comes in above it.
+        let place_of_16 = "const scroller = document.getElementById('scroller');
+            const item = [...document.querySelectorAll('#messages li.message')]
+                .find(li => li.textContent.endsWith('earlier 16'));
+            return item.getBoundingClientRect().top - scroller.getBoundingClientRect().top;";
+        let scroll_to = "document.getElementById('scroller').scrollTop =";
+        alice.eval(&format!("{scroll_to} 1e6;")).await?; // at the bottom, as a reader is
+        let before = alice.eval(&format!("{scroll_to} 0; {place_of_16}")).await?;
+        alice.wait_message("other", "earlier 1").await?;
+        let none_left = "document.getElementById('earlier').dataset.state === 'none'";
+        alice.wait_for(none_left, Value::Null, "'No earlier messages'").await?;
+        assert_eq!(alice.chat_texts().await?, numbered("earlier", 1..=20));
+        let after = alice.eval(place_of_16).await?;
+        let moved = (after.as_f64().context("a number")? - before.as_f64().context("a number")?).abs();
+        assert!(moved <= 2.0, "'earlier 16' moved by {moved} px ({before} → {after})");
+        alice.screenshot("earlier-messages-loaded").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_back_with_an_empty_store_starts_the_numbers_again() -> Result<()> {
+    with_browser(|browser| async move {
+        let RestartablePage { alice, server, port, _pages } =
+            RestartablePage::open(&browser, "memory", &[]).await?;
+        say_from_elsewhere(&server, &numbered("old", 1..=3)).await?;
+        alice.wait_message("other", "old 3").await?;
+
+        // Killed, and back on the same port with nothing: its numbers start at 1 again, and
+        // the page, which asks for what came after 3, is told so.
+        server.stop().await?;
+        alice.wait_system("disconnected").await?;
+        let server = finished_server("memory", port, &[]).await?;
+        alice.wait_system("history-reset").await?;
+        say_from_elsewhere(&server, &["new 1"]).await?;
+        alice.wait_message("other", "new 1").await?;
+        let mut expected = numbered("old", 1..=3);
+        expected.push("new 1".into());
+        assert_eq!(alice.chat_texts().await?, expected);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_missed_more_than_the_server_replays_says_how_many() -> Result<()> {
+    with_browser(|browser| async move {
+        let database = TempDatabase::new()?;
+        let database = database.path();
+        let replays_two = ["--resume-max", "2"];
+        let RestartablePage { alice, server, port, _pages } =
+            RestartablePage::open(&browser, database, &replays_two).await?;
+        say_from_elsewhere(&server, &["seen"]).await?;
+        alice.wait_message("other", "seen").await?;
+
+        terminate(server).await?;
+        alice.wait_system("disconnected").await?;
+        say_while_away(database, &replays_two, &numbered("missed", 1..=5)).await?;
+        let _server = finished_server(database, port, &replays_two).await?;
+        alice.wait_message("other", "missed 5").await?;
+        let skipped = alice
+            .eval("return document.querySelector('#messages li.system[data-status=\"history-skipped\"]')?.textContent ?? null;")
+            .await?;
+        assert_eq!(skipped, json!("3 messages you missed while offline are not shown."));
+        assert_eq!(alice.chat_texts().await?, ["seen", "missed 4", "missed 5"]);
+        alice.screenshot("resume-skipped").await?;
         Ok(())
     })
     .await

@@ -5,6 +5,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use client::message;
 use client::running::workspace_binary;
 use client::schedule::EXAMPLE;
 use client::{Connection, RunningServer};
@@ -15,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+use common::{TempDatabase, finished_server, say_from_elsewhere, say_while_away, terminate};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -59,11 +63,17 @@ impl Chat {
 
     /// Reads stdout until a line contains `needle`; returns that line.
     async fn stdout_line(&mut self, needle: &str) -> Result<String> {
+        Ok(self.stdout_lines(needle).await?.pop().unwrap_or_default())
+    }
+
+    /// Reads stdout until a line contains `needle`; returns every line read, that one last.
+    async fn stdout_lines(&mut self, needle: &str) -> Result<Vec<String>> {
         read_until(&mut self.stdout, needle).await.context("on stdout")
     }
 
     async fn stderr_line(&mut self, needle: &str) -> Result<String> {
-        read_until(&mut self.stderr, needle).await.context("on stderr")
+        let lines = read_until(&mut self.stderr, needle).await.context("on stderr")?;
+        Ok(lines.last().cloned().unwrap_or_default())
     }
 
     async fn exit(&mut self) -> Result<ExitStatus> {
@@ -74,26 +84,28 @@ impl Chat {
     }
 }
 
-async fn read_until<R>(lines: &mut Lines<R>, needle: &str) -> Result<String>
+/// Reads lines until one contains `needle`; returns them all, that one last.
+async fn read_until<R>(lines: &mut Lines<R>, needle: &str) -> Result<Vec<String>>
 where
     R: tokio::io::AsyncBufRead + Unpin,
 {
     let mut seen = Vec::new();
     let search = async {
         while let Some(line) = lines.next_line().await? {
-            if line.contains(needle) {
-                return Ok(line);
-            }
+            let found = line.contains(needle);
             seen.push(line);
+            if found {
+                return Ok(());
+            }
         }
         bail!("the stream ended")
     };
-    match timeout(WAIT, search).await {
-        Ok(Ok(line)) => Ok(line),
-        Ok(Err(error)) => Err(error.context(format!("no line with {needle:?}"))),
-        Err(_) => bail!("no line with {needle:?} within {WAIT:?}"),
-    }
-    .with_context(|| format!("lines seen before: {seen:?}"))
+    let failure = match timeout(WAIT, search).await {
+        Ok(Ok(())) => return Ok(seen),
+        Ok(Err(error)) => error.context(format!("no line with {needle:?}")),
+        Err(_) => anyhow!("no line with {needle:?} within {WAIT:?}"),
+    };
+    Err(failure.context(format!("lines seen before: {seen:?}")))
 }
 
 async fn lesson05() -> Result<RunningServer> {
@@ -322,5 +334,107 @@ async fn help_addresses_and_connection_errors_read_well() -> Result<()> {
     let (_, stderr) = output_of(&[&url]).await?;
     assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The finished server: history and resume
+
+/// What chat prints for `earlier` texts from the history, all by `author`, then for a `live`
+/// one by `live_author`.
+fn earlier_then_live(author: &str, earlier: &[&str], live_author: &str, live: &str) -> Vec<String> {
+    let mut lines: Vec<String> =
+        earlier.iter().map(|text| format!("(earlier) [{}] {text}", &author[..8])).collect();
+    lines.push(format!("[{}] {live}", &live_author[..8]));
+    lines
+}
+
+#[tokio::test]
+async fn history_is_printed_marked_earlier() -> Result<()> {
+    let server = finished_server("memory", 0, &[]).await?;
+    let earlier = ["said before", "and again"];
+    let speaker_id = say_from_elsewhere(&server, &earlier).await?;
+
+    let (mut chat, _) = connected_chat(&server).await?;
+    let (mut alice, alice_id) = Connection::join(&server.ws_url()).await?;
+    alice.send_json(&message::text("said live")).await?;
+    let expected = earlier_then_live(&speaker_id, &earlier, &alice_id, "said live");
+    assert_eq!(chat.stdout_lines("said live").await?, expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_a_restart_chat_resumes_with_exactly_what_it_missed() -> Result<()> {
+    let database = TempDatabase::new()?;
+    let database = database.path();
+    // No history for newcomers: only ?after= can bring back what chat missed.
+    let quiet = ["--history", "0"];
+    let server = finished_server(database, 0, &quiet).await?;
+    let port = server.port();
+    let (mut other, _) = Connection::join(&server.ws_url()).await?;
+    let (mut chat, _) = connected_chat(&server).await?;
+
+    other.send_json(&message::text("before the restart")).await?;
+    chat.stdout_line("before the restart").await?;
+    // Ours is not sent back to us, so it comes after the last seq chat saw: it will be in what
+    // the server sends on resuming, and must not be printed again.
+    chat.type_line("mine, before the restart").await?;
+    let mine = other.recv_json().await?;
+    assert_eq!(mine["data"]["text"], "mine, before the restart", "{mine}");
+    let last_seen = mine["seq"].as_u64().context("a seq")? - 1;
+
+    other.close().await?; // so that the server need not wait for it to answer the close
+    terminate(server).await?;
+    chat.stderr_line("reconnecting in").await?;
+    // Said while chat cannot reach the server.
+    let missed = ["missed 1", "missed 2", "missed 3"];
+    let speaker_id = say_while_away(database, &quiet, &missed).await?;
+
+    let server = finished_server(database, port, &quiet).await?;
+    let line = chat.stderr_line("reconnected").await?;
+    assert!(line.ends_with(&format!("after #{last_seen}")), "{line}");
+    // Once chat has its id it is registered: what is said now comes live.
+    let reconnected = chat.stdout_lines("* connected as").await?;
+    assert_eq!(reconnected.len(), 1, "printed while reconnecting: {reconnected:?}");
+    let (mut other, other_id) = Connection::join(&server.ws_url()).await?;
+    other.send_json(&message::text("after the restart")).await?;
+    let expected = earlier_then_live(&speaker_id, &missed, &other_id, "after the restart");
+    assert_eq!(chat.stdout_lines("after the restart").await?, expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_with_fewer_messages_than_chat_saw_starts_its_numbers_again() -> Result<()> {
+    let server = finished_server("memory", 0, &[]).await?;
+    let port = server.port();
+    let (mut other, _) = Connection::join(&server.ws_url()).await?;
+    let (mut chat, _) = connected_chat(&server).await?;
+    for text in ["one", "two", "three"] {
+        other.send_json(&message::text(text)).await?;
+    }
+    chat.stdout_line("three").await?;
+
+    // Killed, and back with an empty store: its numbers start at 1 again.
+    server.stop().await?;
+    chat.stderr_line("reconnecting in").await?;
+    let server = finished_server("memory", port, &[]).await?;
+    chat.stdout_line("* connected as").await?;
+    chat.stdout_line("the server's history was reset").await?;
+    let (mut other, other_id) = Connection::join(&server.ws_url()).await?;
+    other.send_json(&message::text("number one again")).await?;
+    let line = chat.stdout_line("again").await?;
+    assert_eq!(line, format!("[{}] number one again", &other_id[..8]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn raw_mode_does_not_reconnect() -> Result<()> {
+    let server = lesson05().await?;
+    let mut chat = Chat::start_with(&["--raw", &server.ws_url()])?;
+    chat.stdout_line(r#"{"id":"#).await?;
+    server.stop().await?;
+    let status = chat.exit().await?;
+    assert!(!status.success(), "a lost connection in raw mode is an error: {status}");
+    chat.stderr_line("the connection failed").await?;
     Ok(())
 }

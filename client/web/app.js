@@ -2,7 +2,9 @@
 //
 // It talks to every stage of the workshop, so it assumes little about the frames it receives:
 // lesson01 echoes and lesson02 relays whatever the page sent (there is no {"id"} frame yet),
-// lesson03 on stamps each message with its author's id, lesson05 adds channel notices.
+// lesson03 on stamps each message with its author's id, lesson05 adds channel notices, and the
+// finished server numbers the feed's messages (seq), replays its history and resumes after a
+// reconnect. The page learns which from the frames themselves.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -92,14 +94,36 @@ function chosenServer() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// State. `ids` keeps every id this page was given: after a reconnect the server hands out a
-// new one, and a message scheduled under the old one is still ours.
+// State. `ids` keeps every id this tab was given: after a reconnect the server hands out a new
+// one, and a message scheduled under the old one is still ours. They are kept for the tab
+// (sessionStorage), so that after a reload our messages in the history are still shown as ours.
+
+const IDS_KEY = "chatterbox.ids";
+const IDS_KEPT = 50;
+
+function rememberedIds() {
+  try {
+    const ids = JSON.parse(sessionStorage.getItem(IDS_KEY) ?? "[]");
+    return Array.isArray(ids) ? ids.filter((id) => typeof id === "string") : [];
+  } catch {
+    return []; // storage disabled, or not our JSON: start afresh
+  }
+}
+
+function rememberId(id) {
+  state.ids.add(id);
+  try {
+    sessionStorage.setItem(IDS_KEY, JSON.stringify([...state.ids].slice(-IDS_KEPT)));
+  } catch {
+    // Storage disabled or full: the ids still hold until the page is closed.
+  }
+}
 
 const state = {
   server: chosenServer(),
   socket: null,
   id: null,
-  ids: new Set(),
+  ids: new Set(rememberedIds()),
   channel: "feed",
   // Whether the server delivers /schedule messages later (lesson04 on): null until the page
   // knows. It learns it from what comes back (see receive and submit); lessons 01-03 pass a
@@ -109,6 +133,28 @@ const state = {
   retryTimer: null,
   wasConnected: false,
 };
+
+// The feed's numbering, which only the finished server has: each of its chat frames carries
+// `seq`, the message's number in its channel (the feed, or a random room, which has numbers of
+// its own and no history). Lessons send no seq, and to a server that sends none the page never
+// sends `?after=` nor asks for earlier messages.
+const feed = {
+  numbered: false, // a chat frame here had a numeric seq: the finished server
+  lastSeq: null, // the newest feed seq seen: a reconnect resumes with ?after=lastSeq
+  shown: new Set(), // the feed seqs on screen, so that none is shown twice
+  oldest: null, // the smallest of them: earlier pages go above it
+  resuming: false, // this connection asked ?after=: its history is what the page missed
+  divider: null, // this connection's history on join goes above this line
+  // Our own feed messages, shown when sent. The server does not send them back, except in the
+  // history of a resumed connection: then the message on screen takes its seq instead of
+  // being shown twice.
+  unconfirmed: [],
+  loadingBefore: null, // the `before` of the page of earlier messages on its way
+  noneEarlier: false, // the server said there are no earlier ones
+};
+
+const EARLIER_PAGE = 50; // messages asked for per page of earlier ones
+const UNCONFIRMED_KEPT = 100;
 
 // ---------------------------------------------------------------------------------------------
 // Rendering. Everything a peer sends goes in with textContent, never innerHTML: a message such
@@ -150,19 +196,40 @@ function shortId(id) {
   return typeof id === "string" && id !== "" ? id.slice(0, 8) : "someone";
 }
 
-// One chat message. `own` decides the side; `author` may be absent (lessons 01-02).
-function showMessage({ author, kind, body, own }) {
+// One chat message as a list item. `own` decides the side; `author` may be absent (lessons
+// 01-02); `at` is when the server accepted it (the finished server), else it is now.
+function messageItem({ author, kind, body, own, at }) {
   const item = element("li", `message ${own ? "own" : "other"}`);
   if (typeof author === "string") {
     item.dataset.author = author;
     item.style.setProperty("--author", colourFor(author));
   }
   const meta = element("div", "meta");
-  meta.append(element("span", "author", own ? "you" : shortId(author)));
-  meta.append(element("time", "", new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+  meta.append(element("span", "author", own ? "you" : shortId(author)), timeElement(at));
   const bubble = element("div", kind === "emoji" ? "bubble emoji" : "bubble", body);
   item.append(meta, bubble);
+  return item;
+}
+
+// "14:05", or "Dec 1 14:05" for a message from another day (history can be old).
+function timeElement(at) {
+  const parsed = typeof at === "string" ? new Date(at) : null;
+  const when = parsed && !Number.isNaN(parsed.getTime()) ? parsed : new Date();
+  const clock = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const today = when.toDateString() === new Date().toDateString();
+  const day = when.toLocaleDateString([], { month: "short", day: "numeric" });
+  const node = element("time", "", today ? clock : `${day} ${clock}`);
+  node.dateTime = when.toISOString();
+  return node;
+}
+
+// Our own message, shown as it is sent. In the feed it waits for its seq (see `feed`).
+function showOwn(kind, body) {
+  const item = messageItem({ author: state.id ?? undefined, kind, body, own: true });
   append(item);
+  if (state.channel !== "feed") return;
+  feed.unconfirmed.push({ kind, body, item });
+  if (feed.unconfirmed.length > UNCONFIRMED_KEPT) feed.unconfirmed.shift();
 }
 
 // A line from the page or the server about the conversation itself, not part of it.
@@ -217,6 +284,7 @@ function showOffline(stateName, text) {
   delete document.body.dataset.id;
   setChannel("—");
   setStatus(stateName, text);
+  updateEarlier();
 }
 
 // A connection error. When the address is the user's own (from ⚙ or ?server=, remembered
@@ -247,7 +315,7 @@ function receive(text) {
 
   if (typeof frame.id === "string" && Object.keys(frame).length === 1) {
     state.id = frame.id;
-    state.ids.add(frame.id);
+    rememberId(frame.id);
     document.body.dataset.id = frame.id;
     setStatus("open", `connected as ${shortId(frame.id)}`);
     return;
@@ -262,25 +330,200 @@ function receive(text) {
     const [label, line] = notice ?? [frame.channel, `${frame.channel}: ${frame.status}`];
     state.channel = frame.channel;
     setChannel(label);
+    keepingBottom(updateEarlier);
     return showSystem(line, frame.status);
+  }
+  // {"history": {...}} alone is the finished server's, and only a server that numbers its
+  // messages is listened to (lessons 01-02 relay whatever a client sent).
+  if (feed.numbered && isObject(frame.history) && Object.keys(frame).length === 1) {
+    return receiveHistory(frame.history);
   }
   const data = frame.data ?? {};
   const own = state.ids.has(frame.author); // false when there is no author (lessons 01-02)
-  // From lesson03 on the server never sends our own message back, except a scheduled one when
-  // it is due. A message that still carries its schedule was passed on without one.
-  if (own) state.schedules = true;
+  // From lesson03 on the server never sends our own message back live, except a scheduled one
+  // when it is due. A message that still carries its schedule was passed on without one.
+  if (own && frame.history !== true) state.schedules = true;
   if (data.schedule !== undefined && state.schedules === null) {
     state.schedules = false;
     showSystem("This server passed a /schedule message on at once: it does not know schedules.", "no-schedules");
   }
-  if (frame.type === "text" && typeof data.text === "string") {
-    return showMessage({ author: frame.author, kind: "text", body: data.text, own });
-  }
-  if (frame.type === "emoji" && typeof data.emoji === "string") {
-    return showMessage({ author: frame.author, kind: "emoji", body: data.emoji, own });
-  }
-  showRaw(text); // some other object: show it rather than drop it
+  const chat = chatContent(frame);
+  if (!chat) return showRaw(text); // some other object: show it rather than drop it
+  receiveChat(frame, { ...chat, author: frame.author, own, at: frame.at });
 }
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+// {kind, body} of a text or emoji frame; null for anything else.
+function chatContent(frame) {
+  const data = isObject(frame.data) ? frame.data : {};
+  if (frame.type === "text" && typeof data.text === "string") return { kind: "text", body: data.text };
+  if (frame.type === "emoji" && typeof data.emoji === "string") return { kind: "emoji", body: data.emoji };
+  return null;
+}
+
+// A chat frame's seq, when it has one (the finished server's).
+function seqOf(frame) {
+  return Number.isSafeInteger(frame.seq) && frame.seq > 0 ? frame.seq : null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// History: what the finished server said before we came, what we missed while offline, and
+// earlier pages. See docs/PROTOCOL.md, "Chat frames, history and resume".
+
+function receiveChat(frame, message) {
+  const seq = seqOf(frame);
+  if (seq === null) {
+    // A chat frame without a seq: a lesson, maybe in place of the finished server since the
+    // last connection. Never send it ?after= or history requests.
+    if (feed.numbered) forgetFeed();
+    return append(messageItem(message));
+  }
+  feed.numbered = true;
+  state.schedules = true; // the finished server delivers /schedule messages
+  // A room's seqs are its own, and rooms keep no history: only the feed's count.
+  if (state.channel !== "feed") return append(messageItem(message));
+  if (feed.shown.has(seq)) return; // on screen already
+  const history = frame.history === true;
+  if (history && message.own && confirmOwn(message, seq)) return;
+  const item = messageItem(message);
+  markSeq(item, seq);
+  // On a resumed connection the history is what we missed: it follows what is on screen.
+  if (history && !feed.resuming) insertAboveDivider(item);
+  else append(item);
+  keepingBottom(updateEarlier);
+}
+
+function markSeq(item, seq) {
+  item.dataset.seq = String(seq);
+  feed.shown.add(seq);
+  if (feed.lastSeq === null || seq > feed.lastSeq) feed.lastSeq = seq;
+  if (feed.oldest === null || seq < feed.oldest) feed.oldest = seq;
+}
+
+// One of our messages came back in the history: the copy on screen since we sent it takes
+// its seq. The first unconfirmed message with the same content is the one: ours are numbered
+// in the order we sent them.
+function confirmOwn({ kind, body }, seq) {
+  const index = feed.unconfirmed.findIndex((sent) => sent.kind === kind && sent.body === body);
+  if (index === -1) return false;
+  const [sent] = feed.unconfirmed.splice(index, 1);
+  if (!sent.item.isConnected) return false;
+  markSeq(sent.item, seq);
+  return true;
+}
+
+// The history a connection gets on joining goes above a quiet line; live messages below it.
+function insertAboveDivider(item) {
+  if (!feed.divider?.isConnected) {
+    feed.divider = element("li", "divider", "↑ earlier messages");
+    feed.divider.setAttribute("role", "separator");
+    append(feed.divider);
+  }
+  keepingBottom(() => list.insertBefore(item, feed.divider));
+}
+
+// The seqs on screen mean nothing any more: another server, a lesson, or a wiped store.
+function forgetFeed() {
+  for (const item of list.querySelectorAll("li[data-seq]")) delete item.dataset.seq;
+  feed.numbered = false;
+  feed.lastSeq = null;
+  feed.shown.clear();
+  feed.oldest = null;
+  feed.resuming = false;
+  feed.divider = null;
+  feed.unconfirmed = [];
+  feed.loadingBefore = null;
+  feed.noneEarlier = false;
+  keepingBottom(updateEarlier);
+}
+
+function receiveHistory(history) {
+  if (Array.isArray(history.messages)) return receiveEarlier(history);
+  if (history.reset === true) {
+    // The server has fewer messages than we saw: its numbers start again. What follows is its
+    // latest messages, as a newcomer gets them.
+    forgetFeed();
+    feed.numbered = true;
+    return showSystem("The server's history was reset. Its latest messages follow.", "history-reset");
+  }
+  if (Number.isSafeInteger(history.first)) {
+    const count = Number.isSafeInteger(history.skipped)
+      ? `${history.skipped} message${history.skipped === 1 ? "" : "s"}`
+      : "Some messages";
+    return showSystem(`${count} you missed while offline are not shown.`, "history-skipped");
+  }
+  showRaw(JSON.stringify({ history }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Earlier messages: asked for when the list is scrolled to the top (or with the button there),
+// one page at a time, until the server says there are none.
+
+const earlier = $("earlier");
+const earlierButton = $("earlier-load");
+const earlierNote = $("earlier-note");
+
+function canLoadEarlier() {
+  return (
+    feed.numbered &&
+    state.channel === "feed" &&
+    feed.oldest !== null &&
+    feed.oldest > 1 &&
+    !feed.noneEarlier &&
+    feed.loadingBefore === null
+  );
+}
+
+function loadEarlier() {
+  if (!canLoadEarlier()) return;
+  const before = feed.oldest;
+  if (!sendFrame({ history: { before, limit: EARLIER_PAGE } })) return;
+  feed.loadingBefore = before;
+  keepingPlace(updateEarlier);
+}
+
+function receiveEarlier({ before, messages, more }) {
+  if (before !== feed.loadingBefore) return; // not the page we asked for
+  feed.loadingBefore = null;
+  feed.noneEarlier = more !== true;
+  const anchor = list.querySelector(`li[data-seq="${before}"]`);
+  keepingPlace(() => {
+    for (const frame of anchor ? messages : []) {
+      const chat = isObject(frame) ? chatContent(frame) : null;
+      const seq = chat ? seqOf(frame) : null;
+      if (seq === null || feed.shown.has(seq)) continue;
+      const item = messageItem({ ...chat, author: frame.author, own: state.ids.has(frame.author), at: frame.at });
+      markSeq(item, seq);
+      list.insertBefore(item, anchor); // oldest first, each right above the one we had
+    }
+    updateEarlier();
+  });
+}
+
+// Runs `change` above what the reader is looking at, which stays where it is on screen.
+function keepingPlace(change) {
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+  change();
+  scroller.scrollTop = scroller.scrollHeight - fromBottom;
+}
+
+// The line above the messages: a button while earlier messages may exist, else what is so.
+function updateEarlier() {
+  earlier.hidden = !(feed.numbered && state.channel === "feed" && feed.oldest !== null);
+  const loading = feed.loadingBefore !== null;
+  const none = feed.noneEarlier || feed.oldest === 1;
+  earlier.dataset.state = loading ? "loading" : none ? "none" : "more";
+  earlierButton.hidden = loading || none;
+  earlierNote.textContent = loading ? "Loading earlier messages…" : none ? "No earlier messages." : "";
+}
+
+scroller.addEventListener("scroll", () => {
+  if (scroller.scrollTop <= 2) loadEarlier();
+});
+earlierButton.addEventListener("click", loadEarlier);
 
 // ---------------------------------------------------------------------------------------------
 // The connection, with reconnects: 0.5 s, 1 s, 2 s, ... up to 10 s between attempts.
@@ -291,7 +534,7 @@ function connect() {
   setStatus("connecting", state.attempt ? `reconnecting (attempt ${state.attempt + 1})…` : "connecting…");
   let socket;
   try {
-    socket = new WebSocket(state.server);
+    socket = new WebSocket(socketAddress());
   } catch (error) {
     // A malformed address throws at once instead of failing later.
     showOffline("closed", "bad server address");
@@ -311,6 +554,9 @@ function connect() {
     state.channel = "feed"; // a new connection starts in the feed
     setChannel("feed");
     setStatus("open", "connected");
+    feed.divider = null; // this connection's history, if any, gets a line of its own
+    feed.loadingBefore = null; // a page asked for on the last connection will not come
+    keepingBottom(updateEarlier);
   });
   socket.addEventListener("message", (event) => {
     if (state.socket !== socket) return;
@@ -332,7 +578,18 @@ function connect() {
   });
 }
 
+// The server's address, with ?after= the last feed seq seen when the server numbers its
+// messages: it then sends what we missed, instead of its latest messages.
+function socketAddress() {
+  feed.resuming = feed.numbered && feed.lastSeq !== null;
+  if (!feed.resuming) return state.server;
+  const url = new URL(state.server);
+  url.searchParams.set("after", String(feed.lastSeq));
+  return url.href;
+}
+
 function reconnectTo(server) {
+  forgetFeed(); // another server's numbers are not this one's
   state.server = server;
   state.attempt = 0;
   state.wasConnected = false;
@@ -402,7 +659,7 @@ function submit() {
   } else {
     frame = chatFrame("text", { text: value });
     // The server does not send our own message back (lesson01 does: it echoes everything).
-    shown = () => showMessage({ author: state.id ?? undefined, kind: "text", body: value, own: true });
+    shown = () => showOwn("text", value);
   }
 
   if (!sendFrame(frame)) {
@@ -468,7 +725,7 @@ for (const emoji of EMOJI) {
   button.type = "button";
   button.addEventListener("click", () => {
     if (sendFrame(chatFrame("emoji", { emoji }))) {
-      showMessage({ author: state.id ?? undefined, kind: "emoji", body: emoji, own: true });
+      showOwn("emoji", emoji);
     } else {
       showHelp("Not connected, so nothing was sent.");
     }
@@ -509,7 +766,7 @@ function useDefault() {
 $("server-reset").addEventListener("click", useDefault);
 
 // For the browser tests, and for the curious in the developer console.
-window.chatterbox = { parseSchedule, colourFor, state };
+window.chatterbox = { parseSchedule, colourFor, state, feed };
 
 connect();
 autosize();

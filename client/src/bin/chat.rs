@@ -8,22 +8,29 @@
 //! client closes the connection politely and waits for the server's answer, so every line
 //! piped in has reached the server before the process exits.
 //!
+//! From the finished server, the history a connection gets is printed marked `(earlier)`. When
+//! the server goes away (a restart, say) the client reconnects, a few times with a growing wait,
+//! and says so on stderr; to the finished server it reconnects with `?after=` the last feed
+//! message it saw, so that it gets exactly what it missed (docs/PROTOCOL.md).
+//!
 //! With `--raw`, each line is sent exactly as typed and each text frame is printed exactly as
-//! it came: for the lessons' guides, which send JSON by hand (and frames that are not JSON).
+//! it came: for the lessons' guides, which send JSON by hand (and frames that are not JSON). It
+//! does not reconnect: it shows the protocol as it is (give `ws://HOST/?after=SEQ` yourself).
 
+use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use client::Connection;
-use client::connection::{Socket, one_line};
+use client::connection::one_line;
 use client::schedule::{self, EXAMPLE};
-use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -38,6 +45,12 @@ macro_rules! say {
 
 /// How long to wait for the server to answer our close before giving up on it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After losing the server: how many attempts to reconnect, how long before the first, and
+/// the longest wait between two (each wait doubles up to it): about half a minute in all.
+const RECONNECT_ATTEMPTS: u32 = 10;
+const RECONNECT_DELAY_FIRST: Duration = Duration::from_millis(500);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(4);
 
 const HELP: &str = "\
 commands:
@@ -64,10 +77,20 @@ struct Args {
     raw: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args.server, args.raw).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chat: could not start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(&args.server, args.raw));
+    // Reading stdin is a blocking read that cannot be cancelled: waiting for it at shutdown
+    // would keep the process alive after the server left, until the user pressed Enter.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("chat: {}", one_line(&error));
@@ -86,7 +109,7 @@ fn check_scheme(server: &str) -> Result<()> {
     Ok(())
 }
 
-type Sink = SplitSink<Socket, Message>;
+type Input = Lines<BufReader<Stdin>>;
 
 /// What the user asked for with one line of input.
 enum Command {
@@ -95,13 +118,49 @@ enum Command {
     Nothing,
 }
 
+/// How one connection ended.
+enum Ending {
+    /// The input ended (or `/quit`): the connection was closed politely.
+    Done,
+    /// The server closed the connection, with this close frame if it sent one.
+    Closed(Option<CloseFrame>),
+    /// The connection failed, or a frame could not be sent.
+    Failed(anyhow::Error),
+}
+
 async fn run(server: &str, raw: bool) -> Result<()> {
     check_scheme(server)?;
-    let connection = Connection::connect(server).await?;
-    let (mut sink, mut frames) = connection.into_socket().split();
+    let mut connection = Connection::connect(server).await?;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    // Lessons 01-02 never send an id; then messages go without an author.
-    let mut my_id: Option<String> = None;
+    let mut session = Session::default();
+    loop {
+        let lost = match converse(connection, &mut stdin, &mut session, raw).await? {
+            Ending::Done => return Ok(()),
+            // Raw mode shows the protocol as it is: no reconnect behind the user's back.
+            Ending::Closed(close) if raw || !worth_reconnecting(close.as_ref()) => {
+                say!("* the server closed the connection{}", close_reason(close.as_ref()));
+                return Ok(());
+            }
+            Ending::Failed(error) if raw => return Err(error).context("the connection failed"),
+            Ending::Closed(close) => {
+                format!("the server closed the connection{}", close_reason(close.as_ref()))
+            }
+            Ending::Failed(error) => one_line(&error),
+        };
+        connection = reconnect(server, &session, &lost).await?;
+    }
+}
+
+/// Sends what is typed and prints what arrives on one connection, until the input ends (then
+/// it closes the connection politely) or the connection does.
+async fn converse(
+    connection: Connection,
+    stdin: &mut Input,
+    session: &mut Session,
+    raw: bool,
+) -> Result<Ending> {
+    let (mut sink, mut frames) = connection.into_socket().split();
+    session.connected();
 
     // Read input and frames at the same time, until the input ends or the server goes away.
     loop {
@@ -109,23 +168,28 @@ async fn run(server: &str, raw: bool) -> Result<()> {
             line = stdin.next_line() => {
                 let line = line.context("reading stdin failed")?;
                 let Some(line) = line else { break };
-                if raw {
-                    sink.send(Message::text(line)).await.context("sending failed")?;
-                    continue;
-                }
-                match command(&line, my_id.as_deref()) {
-                    Command::Send(frame) => send(&mut sink, &frame).await?,
-                    Command::Quit => break,
-                    Command::Nothing => {}
+                let frame = if raw {
+                    Message::text(line.clone())
+                } else {
+                    match command(&line, session.my_id.as_deref()) {
+                        Command::Send(frame) => {
+                            session.sent(&frame);
+                            Message::text(frame.to_string())
+                        }
+                        Command::Quit => break,
+                        Command::Nothing => continue,
+                    }
+                };
+                if let Err(error) = sink.send(frame).await {
+                    eprintln!("! not sent, the connection is lost: {line}");
+                    return Ok(Ending::Failed(anyhow!(error).context("sending failed")));
                 }
             }
             frame = frames.next() => match frame {
-                Some(Ok(Message::Close(_))) | None => {
-                    say!("* the server closed the connection");
-                    return Ok(());
-                }
-                Some(Ok(message)) => show(&message, &mut my_id, raw),
-                Some(Err(error)) => return Err(error).context("the connection failed"),
+                Some(Ok(Message::Close(close))) => return Ok(Ending::Closed(close)),
+                None => return Ok(Ending::Closed(None)),
+                Some(Ok(message)) => session.show(&message, raw),
+                Some(Err(error)) => return Ok(Ending::Failed(error.into())),
             },
         }
     }
@@ -139,17 +203,62 @@ async fn run(server: &str, raw: bool) -> Result<()> {
             if message.is_close() {
                 break;
             }
-            show(&message, &mut my_id, raw);
+            session.show(&message, raw);
         }
     };
     if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
         eprintln!("chat: the server did not answer the close within {CLOSE_TIMEOUT:?}");
     }
-    Ok(())
+    Ok(Ending::Done)
 }
 
-async fn send(sink: &mut Sink, frame: &Value) -> Result<()> {
-    sink.send(Message::text(frame.to_string())).await.context("sending failed")
+/// Whether a server that closed the connection this way may be back soon: it went away
+/// (shutting down, restarting, overloaded) or the connection simply ended. A close for what
+/// the client did (too many messages, a frame too big) is not retried.
+fn worth_reconnecting(close: Option<&CloseFrame>) -> bool {
+    close.is_none_or(|close| {
+        matches!(
+            close.code,
+            CloseCode::Away | CloseCode::Error | CloseCode::Restart | CloseCode::Again
+        )
+    })
+}
+
+/// " (1001: going away)", or nothing when the server gave no code.
+fn close_reason(close: Option<&CloseFrame>) -> String {
+    match close {
+        Some(close) if close.reason.is_empty() => format!(" ({})", u16::from(close.code)),
+        Some(close) => format!(" ({}: {})", u16::from(close.code), close.reason),
+        None => String::new(),
+    }
+}
+
+/// Connects again after the server went away, with `?after=` the last feed message seen when
+/// the server numbers its messages: [`RECONNECT_ATTEMPTS`] attempts, 0.5 s, 1 s, 2 s, ... apart
+/// (at most [`RECONNECT_DELAY_MAX`]). What it does is said on stderr: stdout is the
+/// conversation. Lines typed meanwhile wait in stdin and are sent once it is back.
+async fn reconnect(server: &str, session: &Session, lost: &str) -> Result<Connection> {
+    eprintln!("chat: {lost}");
+    let url = session.resume_url(server)?;
+    let mut delay = RECONNECT_DELAY_FIRST;
+    for attempt in 1..=RECONNECT_ATTEMPTS {
+        eprintln!("chat: reconnecting in {delay:?} (attempt {attempt} of {RECONNECT_ATTEMPTS})");
+        tokio::time::sleep(delay).await;
+        match Connection::connect(&url).await {
+            Ok(connection) => {
+                match session.resume_after() {
+                    Some(seq) => {
+                        eprintln!("chat: reconnected; asking for the messages after #{seq}")
+                    }
+                    None => eprintln!("chat: reconnected"),
+                }
+                return Ok(connection);
+            }
+            Err(error) => eprintln!("chat: attempt {attempt} failed: {}", one_line(&error)),
+        }
+        delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+    }
+    bail!("gave up reconnecting to {server} after {RECONNECT_ATTEMPTS} attempts")
 }
 
 /// Reads one line of input; explains mistakes on stderr.
@@ -202,60 +311,216 @@ fn command(line: &str, my_id: Option<&str>) -> Command {
     }
 }
 
-/// Prints one incoming frame as one line (a multi-line message keeps its lines); in raw mode,
-/// each text frame exactly as it came.
-fn show(message: &Message, my_id: &mut Option<String>, raw: bool) {
-    let Message::Text(text) = message else { return };
-    if raw {
-        say!("{text}");
-        return;
+/// What the client knows of the conversation, across reconnects.
+#[derive(Default)]
+struct Session {
+    /// Our id on this connection (lessons 01-02 send none): our messages go out under it.
+    my_id: Option<String>,
+    /// Every id we were given: a message of ours comes back under an earlier one when it was
+    /// scheduled, or in the history of a resumed connection.
+    ids: Vec<String>,
+    /// In the feed, rather than a random room: only the feed's seqs count for resuming.
+    in_feed: bool,
+    /// The newest feed seq seen; `None` until a chat frame of the feed carries one (only the
+    /// finished server numbers its messages), and again after one without.
+    last_feed_seq: Option<u64>,
+    /// Our own feed messages (type and body), which the server does not send back, except in
+    /// the history of a resumed connection: there they are not printed again.
+    unconfirmed: VecDeque<(String, String)>,
+}
+
+/// How many of our own messages [`Session::unconfirmed`] remembers.
+const UNCONFIRMED_KEPT: usize = 100;
+
+impl Session {
+    /// A new connection starts in the feed, with an id to come.
+    fn connected(&mut self) {
+        self.my_id = None;
+        self.in_feed = true;
     }
-    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
-        // Not a JSON object: lessons 01-02 relay whatever anyone sent.
-        say!("~ {text}");
-        return;
-    };
-    if let (Some(Value::String(id)), 1) = (frame.get("id"), frame.len()) {
-        say!("* connected as {}", short(id));
-        *my_id = Some(id.clone());
-        return;
+
+    /// The feed seq to resume after, when the server numbers its messages.
+    fn resume_after(&self) -> Option<u64> {
+        self.last_feed_seq
     }
-    if let Some(error) = frame.get("error") {
-        let reason = error.as_str().map_or_else(|| error.to_string(), str::to_owned);
-        say!("! error: {reason}");
-        return;
-    }
-    if let (Some(channel), Some(status)) =
-        (frame.get("channel").and_then(Value::as_str), frame.get("status").and_then(Value::as_str))
-    {
-        let line = match (channel, status) {
-            ("random", "waiting") => "waiting for a partner in a random room",
-            ("random", "paired") => "paired with a partner: say hi",
-            ("random", "partner_left") => "your partner left; waiting for the next one",
-            ("feed", "joined") => "back in the feed",
-            _ => "",
-        };
-        if line.is_empty() {
-            say!("* {channel}: {status}");
-        } else {
-            say!("* {line}");
+
+    /// `server`, with `?after=` the last feed seq seen if there is one: the finished server
+    /// then sends what we missed instead of its latest messages.
+    fn resume_url(&self, server: &str) -> Result<String> {
+        match self.resume_after() {
+            Some(seq) => with_after(server, seq),
+            None => Ok(server.to_owned()),
         }
-        return;
     }
-    let author = match frame.get("author").and_then(Value::as_str) {
-        Some(author) if Some(author) == my_id.as_deref() => "me".to_owned(),
-        Some(author) => short(author).to_owned(),
-        None => "?".to_owned(),
+
+    /// Remembers a chat message we sent to the feed (not a scheduled one: that comes back).
+    fn sent(&mut self, frame: &Value) {
+        let data = &frame["data"];
+        if !self.in_feed || data.get("schedule").is_some() {
+            return;
+        }
+        if let Some((kind, body)) = chat_content(frame) {
+            self.unconfirmed.push_back((kind.to_owned(), body.to_owned()));
+            if self.unconfirmed.len() > UNCONFIRMED_KEPT {
+                self.unconfirmed.pop_front();
+            }
+        }
+    }
+
+    /// Prints one incoming frame as one line (a multi-line message keeps its lines); in raw
+    /// mode, each text frame exactly as it came.
+    fn show(&mut self, message: &Message, raw: bool) {
+        let Message::Text(text) = message else { return };
+        if raw {
+            say!("{text}");
+            return;
+        }
+        let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+            // Not a JSON object: lessons 01-02 relay whatever anyone sent.
+            say!("~ {text}");
+            return;
+        };
+        if let (Some(Value::String(id)), 1) = (frame.get("id"), frame.len()) {
+            say!("* connected as {}", short(id));
+            self.my_id = Some(id.clone());
+            self.ids.push(id.clone());
+            return;
+        }
+        if let Some(error) = frame.get("error") {
+            let reason = error.as_str().map_or_else(|| error.to_string(), str::to_owned);
+            say!("! error: {reason}");
+            return;
+        }
+        if let (Some(channel), Some(status)) = (
+            frame.get("channel").and_then(Value::as_str),
+            frame.get("status").and_then(Value::as_str),
+        ) {
+            self.in_feed = channel == "feed";
+            say!("* {}", notice(channel, status));
+            return;
+        }
+        // The finished server's word on the history ({"history": {...}} alone); lessons 01-02
+        // relay whatever a client sent, so only a server that numbers its messages is heard.
+        if let (Some(Value::Object(history)), 1, Some(_)) =
+            (frame.get("history"), frame.len(), self.last_feed_seq)
+            && let Some(line) = self.history_notice(history)
+        {
+            say!("* {line}");
+            return;
+        }
+        let frame = Value::Object(frame);
+        let Some((kind, body)) = chat_content(&frame) else {
+            say!("~ {text}");
+            return;
+        };
+        let author = frame["author"].as_str();
+        let own = author.is_some_and(|author| self.ids.iter().any(|id| id == author));
+        let history = frame["history"] == true && frame["seq"].is_u64();
+        match frame["seq"].as_u64() {
+            // No seq: a lesson, maybe in place of the finished server since the last
+            // connection. Never send it ?after=.
+            None => self.last_feed_seq = None,
+            Some(seq) if self.in_feed => {
+                if self.last_feed_seq.is_some_and(|last| seq <= last) {
+                    return; // printed already
+                }
+                self.last_feed_seq = Some(seq);
+                if history && own && self.confirm(kind, body) {
+                    return; // we sent it: it is on the screen as typed
+                }
+            }
+            Some(_) => {} // a random room's own numbers: not the feed's
+        }
+        let author = match author {
+            Some(_) if own => "me",
+            Some(author) => short(author),
+            None => "?",
+        };
+        let earlier = if history { "(earlier) " } else { "" };
+        say!("{earlier}[{author}] {body}");
+    }
+
+    /// One of ours came back in a resumed history: forget it rather than print it again.
+    fn confirm(&mut self, kind: &str, body: &str) -> bool {
+        let position = self.unconfirmed.iter().position(|(k, b)| k == kind && b == body);
+        position.and_then(|index| self.unconfirmed.remove(index)).is_some()
+    }
+
+    /// The line for `{"history": {...}}`: some missed messages were skipped, or the server's
+    /// store was reset (its numbers start again). `None` for any other shape.
+    fn history_notice(&mut self, history: &serde_json::Map<String, Value>) -> Option<String> {
+        if history.get("reset") == Some(&Value::Bool(true)) {
+            self.last_feed_seq = None;
+            self.unconfirmed.clear();
+            return Some("the server's history was reset; its latest messages follow".into());
+        }
+        history.get("first")?.as_u64()?;
+        Some(match history.get("skipped").and_then(Value::as_u64) {
+            Some(1) => "1 message you missed is not shown".into(),
+            Some(count) => format!("{count} messages you missed are not shown"),
+            None => "some messages you missed are not shown".into(),
+        })
+    }
+}
+
+/// The line for a lesson05 notice, such as `{"channel":"random","status":"paired"}`.
+fn notice(channel: &str, status: &str) -> String {
+    let line = match (channel, status) {
+        ("random", "waiting") => "waiting for a partner in a random room",
+        ("random", "paired") => "paired with a partner: say hi",
+        ("random", "partner_left") => "your partner left; waiting for the next one",
+        ("feed", "joined") => "back in the feed",
+        _ => return format!("{channel}: {status}"),
     };
-    let data = &frame.get("data").cloned().unwrap_or(Value::Null);
-    match (frame.get("type").and_then(Value::as_str), &data["text"], &data["emoji"]) {
-        (Some("text"), Value::String(text), _) => say!("[{author}] {text}"),
-        (Some("emoji"), _, Value::String(emoji)) => say!("[{author}] {emoji}"),
-        _ => say!("~ {text}"),
+    line.to_owned()
+}
+
+/// The type and body of a text or emoji frame.
+fn chat_content(frame: &Value) -> Option<(&str, &str)> {
+    let data = &frame["data"];
+    match frame["type"].as_str()? {
+        "text" => Some(("text", data["text"].as_str()?)),
+        "emoji" => Some(("emoji", data["emoji"].as_str()?)),
+        _ => None,
     }
+}
+
+/// `server` with `after=SEQ` in its query (any `after` there replaced), for resuming.
+fn with_after(server: &str, seq: u64) -> Result<String> {
+    let uri: Uri = server.parse().with_context(|| format!("{server} is not a valid address"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        bail!("{server} is not a full address such as ws://127.0.0.1:8000/");
+    };
+    let path = if uri.path().is_empty() { "/" } else { uri.path() };
+    let mut query: Vec<String> = (uri.query().unwrap_or_default().split('&'))
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("after="))
+        .map(str::to_owned)
+        .collect();
+    query.push(format!("after={seq}"));
+    Ok(format!("{scheme}://{authority}{path}?{}", query.join("&")))
 }
 
 /// The first 8 characters of an id: enough to tell people apart on screen.
 fn short(id: &str) -> &str {
     id.char_indices().nth(8).map_or(id, |(end, _)| &id[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_after;
+
+    #[test]
+    fn resuming_puts_after_in_the_query() {
+        let cases = [
+            ("ws://127.0.0.1:8000/", "ws://127.0.0.1:8000/?after=12"),
+            ("ws://127.0.0.1:8000", "ws://127.0.0.1:8000/?after=12"),
+            ("ws://example.org/ws", "ws://example.org/ws?after=12"),
+            ("ws://example.org/?after=3", "ws://example.org/?after=12"),
+            ("wss://example.org/ws?room=a&after=3", "wss://example.org/ws?room=a&after=12"),
+        ];
+        for (server, resumed) in cases {
+            assert_eq!(with_after(server, 12).unwrap(), resumed, "{server}");
+        }
+        assert!(with_after("not an address", 12).is_err());
+    }
 }
