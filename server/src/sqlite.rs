@@ -419,14 +419,14 @@ impl Writer {
             if let Some(request) = first {
                 self.take(request);
                 // Group commit: whatever arrives in the next few milliseconds goes into the
-                // same transaction.
-                let until = Instant::now() + GATHER;
+                // same transaction. The writer sleeps through them rather than waiting on the
+                // queue, so that a busy feed does not wake this thread once per message.
+                std::thread::sleep(GATHER);
                 while self.pending.len() < MAX_BATCH {
-                    let wait = until.saturating_duration_since(Instant::now());
-                    match self.requests.recv_timeout(wait) {
+                    match self.requests.try_recv() {
                         Ok(request) => self.take(request),
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => {
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
                             open = false;
                             break;
                         }
@@ -571,6 +571,53 @@ fn delete_older(connection: &Connection, name: &str, keep: i64) -> rusqlite::Res
     )
 }
 
+/// Rows per multi-row `INSERT`: one statement for many rows costs far less than a statement
+/// each (the binding and stepping, not the B-tree, is most of a small row's cost).
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT ... VALUES (...), (...), ...` for `rows` messages.
+fn insert_statement(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR REPLACE INTO messages (channel, seq, author, type, body, at_ms, late) VALUES ",
+    );
+    let row = "(?, ?, ?, ?, ?, ?, ?)";
+    sql.push_str(&vec![row; rows].join(", "));
+    sql
+}
+
+fn text(text: &str) -> rusqlite::types::ToSqlOutput<'_> {
+    rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(text.as_bytes()))
+}
+
+/// Inserts `messages` (of durable channels; others are skipped), `ROWS_PER_INSERT` at a time.
+fn insert_messages(
+    transaction: &rusqlite::Transaction,
+    messages: &[&ChatMessage],
+) -> rusqlite::Result<()> {
+    use rusqlite::types::{ToSqlOutput, Value};
+    let kept: Vec<(&str, &ChatMessage)> = messages
+        .iter()
+        .filter_map(|message| message.channel.store_key().map(|name| (name, *message)))
+        .collect();
+    for chunk in kept.chunks(ROWS_PER_INSERT) {
+        let mut statement = transaction.prepare_cached(&insert_statement(chunk.len()))?;
+        let mut values: Vec<ToSqlOutput> = Vec::with_capacity(chunk.len() * 7);
+        for &(name, message) in chunk {
+            values.extend([
+                text(name),
+                ToSqlOutput::Owned(Value::Integer(message.seq as i64)),
+                text(&message.author),
+                text(message.body.kind()),
+                text(message.body.content()),
+                ToSqlOutput::Owned(Value::Integer(message.at_ms)),
+                ToSqlOutput::Owned(Value::Integer(i64::from(message.late))),
+            ]);
+        }
+        statement.execute(rusqlite::params_from_iter(values.iter()))?;
+    }
+    Ok(())
+}
+
 /// One transaction: every change, then any reservation that must move ahead.
 fn write_batch(
     connection: &mut Connection,
@@ -580,10 +627,6 @@ fn write_batch(
 ) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     {
-        let mut insert_message = transaction.prepare_cached(
-            "INSERT OR REPLACE INTO messages (channel, seq, author, type, body, at_ms, late)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
         let mut insert_schedule = transaction.prepare_cached(
             "INSERT OR REPLACE INTO schedules (id, due_ms, channel, author, type, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -591,22 +634,17 @@ fn write_batch(
         let mut mark =
             transaction.prepare_cached("UPDATE schedules SET firing = 1 WHERE id = ?1")?;
         let mut remove = transaction.prepare_cached("DELETE FROM schedules WHERE id = ?1")?;
+        // Messages in a row are inserted together, many rows per statement.
+        let mut messages: Vec<&ChatMessage> = Vec::new();
         for change in changes {
-            let mut insert = |message: &ChatMessage| -> rusqlite::Result<()> {
-                let Some(name) = message.channel.store_key() else { return Ok(()) };
-                insert_message.execute(params![
-                    name,
-                    message.seq as i64,
-                    &*message.author,
-                    message.body.kind(),
-                    message.body.content(),
-                    message.at_ms,
-                    message.late,
-                ])?;
-                Ok(())
-            };
+            if let Change::Message(message) = change {
+                messages.push(message);
+                continue;
+            }
+            insert_messages(&transaction, &messages)?;
+            messages.clear();
             match change {
-                Change::Message(message) => insert(message)?,
+                Change::Message(_) => {}
                 Change::Schedule(schedule) => {
                     let Some(name) = schedule.channel.store_key() else { continue };
                     insert_schedule.execute(params![
@@ -624,11 +662,12 @@ fn write_batch(
                 Change::Delivered { id, message } => {
                     remove.execute([*id as i64])?;
                     if let Some(message) = message {
-                        insert(message)?;
+                        insert_messages(&transaction, &[message])?;
                     }
                 }
             }
         }
+        insert_messages(&transaction, &messages)?;
         for (name, &seen) in seen {
             let current = reserved.get(name).copied().unwrap_or(0);
             if seen + SEQ_RESERVE / 2 > current {
