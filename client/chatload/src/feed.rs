@@ -170,12 +170,15 @@ impl Prefill {
     }
 }
 
-/// `--database PATH`, and retention above any prefill, so that no run prunes the file.
-pub fn database_arguments(path: &Path) -> [String; 4] {
+/// `--database PATH`, and retention and a store backlog above any prefill, so that no run
+/// prunes the file and a fill that outruns the writer keeps every message.
+pub fn database_arguments(path: &Path) -> [String; 6] {
     [
         "--database".into(),
         path.display().to_string(),
         "--history-keep".into(),
+        KEEP_EVERYTHING.into(),
+        "--store-backlog".into(),
         KEEP_EVERYTHING.into(),
     ]
 }
