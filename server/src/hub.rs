@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::frame::Frame;
 use crate::message::{Body, Channel, ChatMessage, now_ms};
+use crate::metrics::Counters;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Notice};
 use crate::store::{Change, Store};
@@ -115,6 +116,7 @@ pub struct Hub {
     state: Mutex<State>,
     store: Arc<dyn Store>,
     limits: HistoryLimits,
+    counters: Counters,
 }
 
 impl Hub {
@@ -124,6 +126,7 @@ impl Hub {
         store: Arc<dyn Store>,
         limits: HistoryLimits,
         channels: Vec<(Channel, u64, Vec<ChatMessage>)>,
+        counters: Counters,
     ) -> Hub {
         let capacity = limits.on_join.max(limits.resume_max);
         let mut logs = HashMap::new();
@@ -145,7 +148,21 @@ impl Hub {
             logs,
             closed: false,
         };
-        Hub { state: Mutex::new(state), store, limits }
+        Hub { state: Mutex::new(state), store, limits, counters }
+    }
+
+    /// One message, and how many copies of it were queued: two atomic adds per message, none
+    /// per recipient.
+    fn count(&self, copies: usize) {
+        self.counters.messages.inc();
+        self.counters.deliveries.inc_by(copies as u64);
+    }
+
+    /// Drops the slow consumers a fan-out found, and counts them.
+    fn evict(&self, state: &mut State, evicted: Vec<PeerId>) {
+        if !evicted.is_empty() {
+            self.counters.evictions.inc_by(state.evict_all(evicted, Eviction::SlowConsumer));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -186,7 +203,7 @@ impl Hub {
         let mut state = self.lock();
         let mut evicted = Vec::new();
         state.remove(id, &mut evicted);
-        state.evict_all(evicted, Eviction::SlowConsumer);
+        self.evict(&mut state, evicted);
     }
 
     /// The channel `id` is in now, if it is still connected.
@@ -201,11 +218,12 @@ impl Hub {
         let message = state.stamp(channel, author.clone(), body, false);
         let seq = message.seq;
         let mut evicted = Vec::new();
-        state.send_to_channel(channel, Some(from), message.frame(), &mut evicted);
+        let sent = state.send_to_channel(channel, Some(from), message.frame(), &mut evicted);
+        self.count(sent);
         if channel.is_durable() {
             self.store.record(Change::Message(message));
         }
-        state.evict_all(evicted, Eviction::SlowConsumer);
+        self.evict(&mut state, evicted);
         Some(seq)
     }
 
@@ -229,14 +247,15 @@ impl Hub {
         }
         let message = state.stamp(channel, author, body, late);
         let mut evicted = Vec::new();
-        state.send_to_channel(channel, None, message.frame(), &mut evicted);
+        let sent = state.send_to_channel(channel, None, message.frame(), &mut evicted);
+        self.count(sent);
         let durable = channel.is_durable().then_some(message);
         match (id, durable) {
             (Some(id), message) => self.store.record(Change::Delivered { id, message }),
             (None, Some(message)) => self.store.record(Change::Message(message)),
             (None, None) => {}
         }
-        state.evict_all(evicted, Eviction::SlowConsumer);
+        self.evict(&mut state, evicted);
     }
 
     /// `{"history": {"before": SEQ}}`, answered from the recent messages when they reach
@@ -297,7 +316,7 @@ impl Hub {
                 state.send_to(member, notice.frame(), &mut evicted);
             }
         }
-        state.evict_all(evicted, Eviction::SlowConsumer);
+        self.evict(state, evicted);
     }
 
     /// `{"channel": "feed"}`: leaves any room and returns to the feed.
@@ -309,7 +328,7 @@ impl Hub {
             peer.channel = Channel::Feed;
         }
         state.send_to(id, Notice::FeedJoined.frame(), &mut evicted);
-        state.evict_all(evicted, Eviction::SlowConsumer);
+        self.evict(&mut state, evicted);
     }
 
     pub fn census(&self) -> Census {
@@ -386,18 +405,21 @@ impl State {
         message
     }
 
+    /// Queues `frame` for everyone in `channel` but `skip`; says for how many.
     fn send_to_channel(
         &mut self,
         channel: Channel,
         skip: Option<PeerId>,
         frame: &Frame,
         evicted: &mut Vec<PeerId>,
-    ) {
+    ) -> usize {
+        let mut sent = 0;
         match channel {
             Channel::Feed => {
                 for (&id, peer) in &self.peers {
                     if peer.channel == Channel::Feed && Some(id) != skip {
                         offer(id, peer, frame, evicted);
+                        sent += 1;
                     }
                 }
             }
@@ -407,10 +429,12 @@ impl State {
                         && let Some(peer) = self.peers.get(&id)
                     {
                         offer(id, peer, frame, evicted);
+                        sent += 1;
                     }
                 }
             }
         }
+        sent
     }
 
     fn send_to(&self, id: PeerId, frame: Frame, evicted: &mut Vec<PeerId>) {
@@ -446,15 +470,19 @@ impl State {
 
     /// Drops every peer in `evicted` and tells its session why. Dropping one may tell its
     /// partner, whose queue may be full too: the list grows until nobody else is affected.
-    fn evict_all(&mut self, mut evicted: Vec<PeerId>, why: Eviction) {
+    /// Says how many were dropped.
+    fn evict_all(&mut self, mut evicted: Vec<PeerId>, why: Eviction) -> u64 {
+        let mut dropped = 0;
         while let Some(id) = evicted.pop() {
             if let Some(peer) = self.remove(id, &mut evicted) {
                 if why == Eviction::SlowConsumer {
                     tracing::warn!(id = %id.simple(), "disconnecting: outbound queue full (slow consumer)");
                 }
                 let _ = peer.evict.send(why);
+                dropped += 1;
             }
         }
+        dropped
     }
 }
 
@@ -474,7 +502,7 @@ mod tests {
 
     fn hub(on_join: usize, resume_max: usize) -> Hub {
         let store = Arc::new(MemoryStore::new(100));
-        Hub::new(store, HistoryLimits { on_join, resume_max }, Vec::new())
+        Hub::new(store, HistoryLimits { on_join, resume_max }, Vec::new(), Counters::default())
     }
 
     /// A member joined with `catchup`, and its queue.

@@ -18,6 +18,7 @@
 //!   thread) or in memory.
 //! - [`scheduler`] holds scheduled messages in one timer task (kept in the store too) and
 //!   hands them to the hub, paced, when they are due.
+//! - [`metrics`] counts what happens and reads the states for `GET /metrics` (Prometheus).
 //! - [`config`] is the command line; [`serve`] puts it all together and shuts down gracefully.
 
 mod command;
@@ -28,6 +29,7 @@ pub mod frame_meter;
 mod http;
 mod hub;
 pub mod message;
+pub mod metrics;
 mod outbox;
 pub mod protocol;
 mod rate_limit;
@@ -47,6 +49,7 @@ use crate::config::Limits;
 use crate::connections::Connections;
 use crate::frame_meter::MeterLimits;
 use crate::hub::{HistoryLimits, Hub};
+use crate::metrics::{Counters, Metrics};
 use crate::scheduler::{ScheduleLimits, Scheduler};
 use crate::store::{MemoryStore, Store};
 
@@ -61,18 +64,25 @@ pub struct Server {
     store: Arc<dyn Store>,
     /// The frame meter's limits, shared by every connection.
     meter: Arc<MeterLimits>,
+    counters: Counters,
+    metrics: Metrics,
     limits: Limits,
 }
 
 /// Opens the store `--database` names: `memory`, or a SQLite file. The error is one line,
 /// naming the file and the reason.
-pub fn open_store(database: &str, limits: &Limits) -> Result<Arc<dyn Store>, sqlite::OpenError> {
+pub fn open_store(
+    database: &str,
+    limits: &Limits,
+    counters: &Counters,
+) -> Result<Arc<dyn Store>, sqlite::OpenError> {
     match sqlite::database_path(database) {
         None => Ok(Arc::new(MemoryStore::new(limits.history_keep))),
         Some(path) => Ok(Arc::new(sqlite::SqliteStore::open(sqlite::SqliteOptions {
             path: path.to_path_buf(),
             keep: limits.history_keep,
             backlog: limits.store_backlog,
+            write_seconds: Some(counters.store_writes.clone()),
         })?)),
     }
 }
@@ -81,7 +91,11 @@ impl Server {
     /// The server's state, going on from what `store` kept (its channels' newest messages and
     /// pending schedules are loaded here, before anyone can connect). Starts the scheduler's
     /// timer, so it must be called within a tokio runtime.
-    pub fn load(limits: Limits, store: Arc<dyn Store>) -> anyhow::Result<Arc<Server>> {
+    pub fn load(
+        limits: Limits,
+        store: Arc<dyn Store>,
+        counters: Counters,
+    ) -> anyhow::Result<Arc<Server>> {
         let history = HistoryLimits { on_join: limits.history, resume_max: limits.resume_max };
         let loaded = store.load(history.on_join.max(history.resume_max))?;
         for schedule in &loaded.interrupted {
@@ -91,7 +105,7 @@ impl Server {
                  it is not delivered again (it may not have reached everyone)"
             );
         }
-        let hub = Arc::new(Hub::new(store.clone(), history, loaded.channels));
+        let hub = Arc::new(Hub::new(store.clone(), history, loaded.channels, counters.clone()));
         let scheduler = Scheduler::start(
             hub.clone(),
             store.clone(),
@@ -110,7 +124,16 @@ impl Server {
             frame_burst: limits.frame_burst,
             fragment_timeout: limits.fragment_timeout(),
         });
-        Ok(Arc::new(Server { hub, scheduler, connections, store, meter, limits }))
+        Ok(Arc::new_cyclic(|server| Server {
+            hub,
+            scheduler,
+            connections,
+            store,
+            meter,
+            metrics: Metrics::new(&counters, server.clone()),
+            counters,
+            limits,
+        }))
     }
 }
 

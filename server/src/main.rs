@@ -29,7 +29,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The store first: a file the server does not understand is refused before anything runs.
-    let store = match server::open_store(&config.database, &config.limits) {
+    let counters = server::metrics::Counters::default();
+    let store = match server::open_store(&config.database, &config.limits, &counters) {
         Ok(store) => store,
         Err(error) => {
             eprintln!("server: {error}");
@@ -38,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Then what it kept: loaded before the address line, so that a client that connects as
     // soon as it sees the address finds the history there.
-    let server = server::Server::load(config.limits, store)?;
+    let server = server::Server::load(config.limits, store, counters)?;
     let address = SocketAddr::new(config.addr, config.port);
     let listener =
         TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;

@@ -1,5 +1,5 @@
-//! HTTP: the web page at `GET /`, the WebSocket at `/` and `/ws`, and `GET /healthz`; `HEAD`
-//! wherever `GET` works.
+//! HTTP: the web page at `GET /`, the WebSocket at `/` and `/ws`, `GET /healthz` and
+//! `GET /metrics`; `HEAD` wherever `GET` works.
 //!
 //! The WebSocket upgrade is done here rather than with `warp::ws()`: warp's `Ws` does not let
 //! us size tungstenite's read buffer, whose 128 KiB default (zero-filled) would be most of an
@@ -61,13 +61,24 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
             };
             upgrade(ws_server.clone(), &headers, version, peer, on_upgrade, catchup)
         });
+    let health_server = server.clone();
     let health = warp::get()
         .or(warp::head())
         .unify()
         .and(warp::path!("healthz"))
-        .map(move || warp::reply::json(&Health::of(&server)).into_response());
+        .map(move || warp::reply::json(&Health::of(&health_server)).into_response());
+    let metrics = warp::get().or(warp::head()).unify().and(warp::path!("metrics")).map(move || {
+        let mut response = server.metrics.render().into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    });
     websocket
         .or(health)
+        .unify()
+        .or(metrics)
         .unify()
         .or(page(DefaultServer::SameOrigin))
         .unify()

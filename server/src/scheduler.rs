@@ -284,7 +284,8 @@ mod tests {
     fn hub_with_reader() -> (Arc<Hub>, Arc<Outbox>, Arc<dyn Store>) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(100));
         let history = HistoryLimits { on_join: 0, resume_max: 10 };
-        let hub = Arc::new(Hub::new(store.clone(), history, Vec::new()));
+        let counters = crate::metrics::Counters::default();
+        let hub = Arc::new(Hub::new(store.clone(), history, Vec::new(), counters));
         let outbox = Arc::new(Outbox::new(10_000));
         let (evict, _) = oneshot::channel();
         assert!(hub.join(uuid::Uuid::new_v4(), outbox.clone(), evict, Catchup::Latest));

@@ -235,7 +235,7 @@ impl Session {
             // (its queue filled up) or it may stay silent past the ping timeout.
             tokio::select! {
                 biased;
-                written = write_batch(ws, &self.outbox, &mut self.unwritten) => {
+                written = write_batch(ws, &self.outbox, &mut self.unwritten, &self.server.counters.frames_out) => {
                     if let Err(error) = written {
                         return End::WriteFailed(error);
                     }
@@ -248,6 +248,7 @@ impl Session {
 
     /// Acts on one frame from the client; `Some` ends the session.
     fn handle(&mut self, message: Message) -> Option<End> {
+        self.server.counters.frames_in.inc();
         let text = match &message {
             Message::Text(text) => Some(text.as_str()),
             Message::Binary(_) | Message::Ping(_) => None,
@@ -314,6 +315,7 @@ async fn write_batch(
     ws: &mut Socket,
     outbox: &Outbox,
     unwritten: &mut VecDeque<Frame>,
+    frames_out: &prometheus_client::metrics::counter::Counter,
 ) -> Result<(), WsError> {
     outbox.take_all(unwritten);
     if unwritten.is_empty() {
@@ -330,7 +332,9 @@ async fn write_batch(
     // tungstenite may hold bytes of its own for the client (the pong it owes for a ping): they
     // go out first and whole, so frames never interleave.
     ws.flush().await?;
+    let frames = unwritten.len() as u64;
     write_frames(ws.get_mut().inner_mut(), unwritten).await?;
+    frames_out.inc_by(frames);
     Ok(())
 }
 

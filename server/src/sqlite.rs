@@ -79,6 +79,8 @@ pub struct SqliteOptions {
     pub keep: usize,
     /// Changes held in memory while writing fails; beyond this new ones are not kept.
     pub backlog: usize,
+    /// Where the time each batch took to write is recorded (`/metrics`).
+    pub write_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 enum Request {
@@ -479,8 +481,12 @@ impl Writer {
         if self.pending.is_empty() && self.flushes.is_empty() {
             return;
         }
+        let started = Instant::now();
         let result =
             write_batch(&mut self.connection, &self.pending, &self.seen, &mut self.reserved);
+        if let Some(histogram) = &self.options.write_seconds {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
         match result {
             Ok(()) => {
                 self.queued.fetch_sub(self.pending.len(), Ordering::Relaxed);
@@ -700,8 +706,13 @@ mod tests {
     use crate::store::Store;
 
     fn open(path: &Path) -> SqliteStore {
-        SqliteStore::open(SqliteOptions { path: path.to_path_buf(), keep: 100, backlog: 1000 })
-            .unwrap()
+        let options = SqliteOptions {
+            path: path.to_path_buf(),
+            keep: 100,
+            backlog: 1000,
+            write_seconds: None,
+        };
+        SqliteStore::open(options).unwrap()
     }
 
     fn message(seq: u64, text: &str) -> Change {
@@ -809,7 +820,12 @@ mod tests {
             "not a database, just some words that go on for a while\n".repeat(100),
         )
         .unwrap();
-        let options = |path: &Path| SqliteOptions { path: path.to_path_buf(), keep: 1, backlog: 1 };
+        let options = |path: &Path| SqliteOptions {
+            path: path.to_path_buf(),
+            keep: 1,
+            backlog: 1,
+            write_seconds: None,
+        };
         assert!(matches!(SqliteStore::open(options(&text)), Err(OpenError::Foreign { .. })));
         let newer = dir.path().join("newer.db");
         drop(open(&newer));

@@ -416,7 +416,7 @@ async fn a_close_reason_that_is_not_utf8_is_named_as_such() -> Result<()> {
 #[tokio::test]
 async fn head_works_and_the_page_carries_its_security_and_cache_headers() -> Result<()> {
     let server = start(&[]).await?;
-    for path in ["/", "/app.js", "/style.css", "/healthz"] {
+    for path in ["/", "/app.js", "/style.css", "/healthz", "/metrics"] {
         let answer = raw_request(
             server.port(),
             &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
