@@ -154,9 +154,9 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_accepting.send(());
-    server.scheduler.stop();
-    server.hub.shut_down();
     let grace = server.limits.shutdown_grace();
+    server.scheduler.stop(grace).await;
+    server.hub.shut_down();
     if !server.connections.wait_all_closed(grace).await {
         tracing::warn!(
             open = server.connections.websockets(),

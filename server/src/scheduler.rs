@@ -23,7 +23,7 @@
 //! logs that it was interrupted. Random rooms are not kept, and neither are their schedules.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -79,11 +79,13 @@ struct Shared {
     changed: Notify,
     limits: ScheduleLimits,
     store: Arc<dyn Store>,
+    /// Set when the server stops: the timer ends at its next wait.
+    stopping: AtomicBool,
 }
 
 pub struct Scheduler {
     shared: Arc<Shared>,
-    timer: tokio::task::JoinHandle<()>,
+    timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Scheduler {
@@ -111,10 +113,15 @@ impl Scheduler {
             state.queue.insert((due, schedule.id), pending);
         }
         state.next_id = state.next_id.max(1);
-        let shared =
-            Arc::new(Shared { state: Mutex::new(state), changed: Notify::new(), limits, store });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            limits,
+            store,
+            stopping: AtomicBool::new(false),
+        });
         let timer = tokio::spawn(run_timer(shared.clone(), hub));
-        Scheduler { shared, timer }
+        Scheduler { shared, timer: Mutex::new(Some(timer)) }
     }
 
     /// Delivers `body` to `channel` after `delay`, or says why not (the error frame's text).
@@ -183,9 +190,18 @@ impl Scheduler {
         self.shared.lock().queue.len()
     }
 
-    /// Stops the timer; whatever is pending is dropped with the server.
-    pub fn stop(&self) {
-        self.timer.abort();
+    /// Stops the timer once the delivery it may be in the middle of is done (a schedule
+    /// marked as firing is always delivered); what is still pending stays in the store for the
+    /// next start. Waits up to `limit`.
+    pub async fn stop(&self, limit: Duration) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.changed.notify_one();
+        let timer = self.timer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(timer) = timer
+            && tokio::time::timeout(limit, timer).await.is_err()
+        {
+            tracing::warn!("the scheduler did not stop in time");
+        }
     }
 }
 
@@ -228,11 +244,28 @@ async fn run_timer(shared: Arc<Shared>, hub: Arc<Hub>) {
         Duration::ZERO
     };
     let mut next_delivery = Instant::now();
+    let stopping = || shared.stopping.load(Ordering::Acquire);
     loop {
         let changed = shared.changed.notified();
+        if stopping() {
+            return;
+        }
         match shared.take_due(Instant::now().max(next_delivery)) {
             Ok((id, pending)) => {
-                tokio::time::sleep_until(next_delivery).await;
+                // The pace; a stop meanwhile leaves this one in the store, unmarked, for the
+                // next start.
+                tokio::pin!(changed);
+                while Instant::now() < next_delivery {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next_delivery) => {}
+                        _ = &mut changed => {
+                            if stopping() {
+                                return;
+                            }
+                            changed.set(shared.changed.notified());
+                        }
+                    }
+                }
                 if pending.stored {
                     let (written, marked) = oneshot::channel();
                     shared.store.record(Change::Firing { id, written });
