@@ -18,8 +18,13 @@
 //!   thread) or in memory.
 //! - [`scheduler`] holds scheduled messages in one timer task (kept in the store too) and
 //!   hands them to the hub, paced, when they are due.
+//! - [`accounts`] holds the rules for accounts, password hashing and session tokens; `api` is
+//!   their HTTP JSON API under `/api`, and a WebSocket opened with a session cookie speaks as
+//!   its account.
 //! - [`config`] is the command line; [`serve`] puts it all together and shuts down gracefully.
 
+pub mod accounts;
+mod api;
 mod command;
 pub mod config;
 mod connections;
@@ -43,6 +48,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::accounts::Accounts;
 use crate::config::Limits;
 use crate::connections::Connections;
 use crate::frame_meter::MeterLimits;
@@ -61,6 +67,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     /// The frame meter's limits, shared by every connection.
     meter: Arc<MeterLimits>,
+    accounts: Accounts,
     limits: Limits,
 }
 
@@ -110,7 +117,8 @@ impl Server {
             frame_burst: limits.frame_burst,
             fragment_timeout: limits.fragment_timeout(),
         });
-        Ok(Arc::new(Server { hub, scheduler, connections, store, meter, limits }))
+        let accounts = Accounts::new(&limits.accounts);
+        Ok(Arc::new(Server { hub, scheduler, connections, store, meter, accounts, limits }))
     }
 }
 
