@@ -392,6 +392,16 @@ mod tests {
         assert!(hasher.verify("whatever1".into(), Some(hash)).await.unwrap());
     }
 
+    #[tokio::test]
+    async fn no_more_hashes_run_than_there_are_slots() {
+        let hasher = Hasher::new(1);
+        let taken = hasher.slots.acquire().await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(200), hasher.hash("x".repeat(8)));
+        assert!(waiting.await.is_err(), "hashed while the only slot was taken");
+        drop(taken);
+        assert!(hasher.hash("x".repeat(8)).await.unwrap().is_ok());
+    }
+
     #[test]
     fn tokens_are_256_random_bits_in_hex_and_kept_as_their_digest() {
         let token = Token::generate().unwrap();

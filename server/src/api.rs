@@ -277,7 +277,9 @@ impl Api<'_> {
     ) -> Result<Response, ApiError> {
         let token = Token::generate().map_err(internal)?;
         let (digest, id) = (token.digest(), account.id.clone());
-        blocking(self.server, move |store| store.create_session(&digest, &id, now_ms())).await?;
+        let idle_ms = self.server.limits.accounts.session_idle_ms();
+        blocking(self.server, move |store| store.create_session(&digest, &id, now_ms(), idle_ms))
+            .await?;
         self.server.accounts.names.set(&account.id, &account.name);
         let mut response = profile(status, &account);
         self.set_cookie(

@@ -378,11 +378,19 @@ impl AccountStore for SqliteStore {
         token_hash: &[u8; 32],
         account: &str,
         now_ms: i64,
+        idle_ms: i64,
     ) -> anyhow::Result<()> {
-        self.accounts().execute(
+        let mut connection = self.accounts();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "DELETE FROM sessions WHERE account = ?1 AND used_ms < ?2",
+            params![account, now_ms - idle_ms],
+        )?;
+        transaction.execute(
             "INSERT INTO sessions (token_hash, account, created_ms, used_ms) VALUES (?1, ?2, ?3, ?3)",
             params![&token_hash[..], account, now_ms],
         )?;
+        transaction.commit()?;
         Ok(())
     }
 
@@ -862,7 +870,7 @@ pub fn database_path(argument: &str) -> Option<&Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::{AccountStore, Store};
 
     fn open(path: &Path) -> SqliteStore {
         SqliteStore::open(SqliteOptions { path: path.to_path_buf(), keep: 100, backlog: 1000 })
@@ -883,6 +891,17 @@ mod tests {
             author: "a".into(),
             body,
         }
+    }
+
+    #[test]
+    fn accounts_and_sessions_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        crate::store::check_account_store(&open(&path));
+        // Another process's view after a restart: the account and its name are there.
+        let store = open(&path);
+        let ada = store.account_by_username("ada").unwrap().unwrap();
+        assert_eq!((ada.id.len(), ada.name.as_str()), (32, "Ada Lovelace"));
     }
 
     #[test]

@@ -103,11 +103,14 @@ pub trait AccountStore: Send + Sync {
     /// Replaces the password hash and revokes every session of the account except `keep`.
     fn set_password_hash(&self, id: &str, hash: &str, keep: &[u8; 32]) -> anyhow::Result<()>;
 
+    /// Starts a session; the account's sessions unused for longer than `idle_ms` are removed
+    /// on the way (an ended session is otherwise removed only when it is presented again).
     fn create_session(
         &self,
         token_hash: &[u8; 32],
         account: &str,
         now_ms: i64,
+        idle_ms: i64,
     ) -> anyhow::Result<()>;
 
     /// The account of the session whose token hashes to `token_hash`, if it was used within
@@ -233,8 +236,13 @@ impl AccountStore for MemoryStore {
         token_hash: &[u8; 32],
         account: &str,
         now_ms: i64,
+        idle_ms: i64,
     ) -> anyhow::Result<()> {
-        self.accounts().sessions.insert(*token_hash, (account.to_owned(), now_ms));
+        let mut accounts = self.accounts();
+        accounts
+            .sessions
+            .retain(|_, (owner, used_ms)| owner != account || now_ms - *used_ms <= idle_ms);
+        accounts.sessions.insert(*token_hash, (account.to_owned(), now_ms));
         Ok(())
     }
 
@@ -314,9 +322,52 @@ impl Store for MemoryStore {
     }
 }
 
+/// What every [`AccountStore`] must do; each implementation's tests run it.
+#[cfg(test)]
+pub(crate) fn check_account_store(store: &dyn AccountStore) {
+    const DAY: i64 = 24 * 3600 * 1000;
+    let ada = StoredAccount {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        username: "ada".into(),
+        name: "ada".into(),
+        password_hash: "$argon2id$...".into(),
+    };
+    store.create_account(&ada).unwrap();
+    let shouting = StoredAccount { id: "f".repeat(32), username: "ADA".into(), ..ada.clone() };
+    assert!(matches!(store.create_account(&shouting), Err(CreateAccountError::Taken)));
+    assert_eq!(store.account_by_username("AdA").unwrap().as_ref(), Some(&ada));
+    assert_eq!(store.account_by_id(&ada.id).unwrap().as_ref(), Some(&ada));
+    assert_eq!(store.account_by_username("bob").unwrap(), None);
+    store.set_name(&ada.id, "Ada Lovelace").unwrap();
+    assert_eq!(store.account_by_id(&ada.id).unwrap().unwrap().name, "Ada Lovelace");
+
+    let (first, second, third) = ([1; 32], [2; 32], [3; 32]);
+    store.create_session(&first, &ada.id, 0, 30 * DAY).unwrap();
+    store.create_session(&second, &ada.id, 0, 30 * DAY).unwrap();
+    let found = store.session_account(&first, 29 * DAY, 30 * DAY).unwrap();
+    assert_eq!(found.map(|account| account.id), Some(ada.id.clone()));
+    // Used on day 29, so it lasts until day 59; the second, unused since day 0, has ended.
+    assert!(store.session_account(&first, 58 * DAY, 30 * DAY).unwrap().is_some());
+    assert!(store.session_account(&second, 31 * DAY, 30 * DAY).unwrap().is_none());
+    assert!(store.session_account(&[9; 32], 0, 30 * DAY).unwrap().is_none());
+
+    store.create_session(&third, &ada.id, 58 * DAY, 30 * DAY).unwrap();
+    store.set_password_hash(&ada.id, "$argon2id$new", &third).unwrap();
+    assert_eq!(store.account_by_id(&ada.id).unwrap().unwrap().password_hash, "$argon2id$new");
+    assert!(store.session_account(&first, 58 * DAY, 30 * DAY).unwrap().is_none(), "revoked");
+    assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_some(), "kept");
+    store.delete_session(&third).unwrap();
+    assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_none());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_store_keeps_accounts_and_sessions() {
+        check_account_store(&MemoryStore::new(1));
+    }
 
     fn message(seq: u64) -> Arc<ChatMessage> {
         Arc::new(ChatMessage::new(

@@ -161,12 +161,18 @@ async fn next_json(socket: &mut Socket) -> Result<Value> {
     }
 }
 
-/// A socket with the session `cookie`, past its `{"id"}` and `{"me"}` frames (both returned).
-async fn account_socket(server: &RunningServer, cookie: &str) -> Result<(Socket, Value, Value)> {
+/// A socket opened with `cookie`, past its `{"id"}` frame (returned).
+async fn socket_with_cookie(server: &RunningServer, cookie: &str) -> Result<(Socket, Value)> {
     let mut socket = open_socket(server, &[("Cookie", cookie)])
         .await?
         .map_err(|status| anyhow::anyhow!("refused {status}"))?;
     let id = next_json(&mut socket).await?;
+    Ok((socket, id))
+}
+
+/// A socket with the session `cookie`, past its `{"id"}` and `{"me"}` frames (both returned).
+async fn account_socket(server: &RunningServer, cookie: &str) -> Result<(Socket, Value, Value)> {
+    let (mut socket, id) = socket_with_cookie(server, cookie).await?;
     let me = next_json(&mut socket).await?;
     Ok((socket, id, me))
 }
@@ -504,12 +510,75 @@ async fn a_socket_with_a_session_speaks_as_its_account() -> Result<()> {
 
     // A logged-out cookie opens a guest socket: a fresh id, no me frame.
     post(&server, "/api/logout", &[("Cookie", &cookie)], &json!({})).await?;
-    let mut stale = open_socket(&server, &[("Cookie", &cookie)])
-        .await?
-        .map_err(|status| anyhow::anyhow!("refused {status}"))?;
-    let stale_id = next_json(&mut stale).await?;
+    let (mut stale, stale_id) = socket_with_cookie(&server, &cookie).await?;
     assert_ne!(stale_id["id"], profile["id"]);
     let after = next_json(&mut stale).await?;
     assert!(after.get("me").is_none(), "{after}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_unused_for_the_idle_time_has_ended() -> Result<()> {
+    let server = start(&["--session-idle-days", "0"]).await?;
+    let (cookie, profile) = account(&server, "ada").await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(me(&server, &cookie).await?.status, 401);
+    // The socket is a guest's: a fresh id, and no {"me"} frame (the feed's history is empty).
+    let (mut socket, id) = socket_with_cookie(&server, &cookie).await?;
+    assert_ne!(id["id"], profile["id"]);
+    socket.send(Message::text(text("as a guest").to_string())).await?;
+    let echo = timeout(Duration::from_millis(300), next_json(&mut socket)).await;
+    assert!(echo.is_err(), "a guest gets no {{\"me\"}} frame, nor its own message: {echo:?}");
+    Ok(())
+}
+
+/// Runs the server with every log line (`--log trace`) into a file, goes through every
+/// endpoint and a socket with the session, and checks that neither the password nor the
+/// token appears in the log.
+#[tokio::test]
+async fn passwords_and_tokens_are_never_logged() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log_path = dir.path().join("server.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--log", "trace", "--database", "memory"])
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let mut first = String::new();
+    timeout(WAIT, tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first)).await??;
+    let port: u16 = first.trim().rsplit(':').next().context("no port")?.parse()?;
+
+    let password = "unforgettable-secret-1";
+    let new_password = "unforgettable-secret-2";
+    let credentials = json!({"username": "ada", "password": password}).to_string();
+    let created = request(port, "POST", "/api/signup", &[], Some(&credentials)).await?;
+    assert_eq!(created.status, 201);
+    let wrong = json!({"username": "ada", "password": "wrong-secret-3"}).to_string();
+    assert_eq!(request(port, "POST", "/api/login", &[], Some(&wrong)).await?.status, 401);
+    let logged_in = request(port, "POST", "/api/login", &[], Some(&credentials)).await?;
+    let cookie = logged_in.cookie()?;
+    let token = cookie.split('=').nth(1).context("no token")?.to_owned();
+    let change = json!({"current": password, "new": new_password}).to_string();
+    let changed =
+        request(port, "POST", "/api/me/password", &[("Cookie", &cookie)], Some(&change)).await?;
+    assert_eq!(changed.status, 204);
+    let mut request_ws = format!("ws://127.0.0.1:{port}/").into_client_request()?;
+    request_ws.headers_mut().insert("Cookie", HeaderValue::from_str(&cookie)?);
+    let (mut socket, _) = timeout(WAIT, tokio_tungstenite::connect_async(request_ws)).await??;
+    next_json(&mut socket).await?;
+    socket.send(Message::text(text("hello").to_string())).await?;
+    request(port, "POST", "/api/logout", &[("Cookie", &cookie)], None).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().await?;
+
+    let log = std::fs::read_to_string(&log_path)?;
+    ensure!(log.lines().count() > 10, "the log is nearly empty: {log}");
+    for secret in [password, new_password, "wrong-secret-3", &token] {
+        ensure!(!log.contains(secret), "{secret:?} is in the log");
+    }
     Ok(())
 }
