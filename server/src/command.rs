@@ -12,7 +12,7 @@ use crate::Server;
 use crate::connections::ClientAddress;
 use crate::frame::Frame;
 use crate::hub::PeerId;
-use crate::message::{Body, ChatMessage};
+use crate::message::{Author, Body, ChatMessage};
 use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, ChannelRequest, FrameError, Inbound};
 use crate::scheduler::PendingCount;
@@ -24,7 +24,7 @@ pub struct Command<'a>(Inbound<'a>);
 pub struct Sender<'s> {
     pub server: &'s Arc<Server>,
     pub id: PeerId,
-    pub author: &'s Arc<str>,
+    pub author: &'s Author,
     pub outbox: &'s Arc<Outbox>,
     pub pending: &'s PendingCount,
     pub address: ClientAddress,
@@ -51,7 +51,7 @@ impl<'a> Command<'a> {
             Inbound::Join(ChannelRequest::Random) => hub.join_random(from.id),
             Inbound::Join(ChannelRequest::Feed) => hub.join_feed(from.id),
             Inbound::Chat { body, delay: None } => {
-                hub.publish(from.id, from.author, owned(body));
+                hub.publish(from.id, from.author.clone(), owned(body));
             }
             Inbound::Chat { body, delay: Some(delay) } => {
                 // The channel it was sent in, now: that is where it will be delivered.

@@ -153,6 +153,75 @@ pub struct Limits {
     /// Seconds to wait for clients to take their close frames at shutdown.
     #[arg(long, default_value_t = 2)]
     pub shutdown_secs: u64,
+
+    #[command(flatten)]
+    pub accounts: AccountOptions,
+}
+
+/// Accounts and their sessions: the limits of the `/api` endpoints, and the cookie's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountOptions {
+    /// Largest JSON body an `/api` request may send, in bytes; larger: HTTP 413.
+    #[arg(long, default_value_t = 8 * 1024)]
+    pub max_json_bytes: usize,
+
+    /// Password hashes (Argon2id) computed at once at most; more wait. Default: half the CPU
+    /// cores, at least 1, so that a flood of logins cannot take every core from the chat.
+    #[arg(long)]
+    pub max_hashing: Option<usize>,
+
+    /// Login attempts for one username at once before `--login-per-minute-per-username`
+    /// applies; over it: HTTP 429.
+    #[arg(long, default_value_t = 10)]
+    pub login_burst_per_username: u32,
+
+    /// Login attempts per minute for one username, sustained.
+    #[arg(long, default_value_t = 5.0)]
+    pub login_per_minute_per_username: f64,
+
+    /// Logins and sign-ups from one client address at once before
+    /// `--login-per-minute-per-address` applies; over it: HTTP 429.
+    #[arg(long, default_value_t = 30)]
+    pub login_burst_per_address: u32,
+
+    /// Logins and sign-ups per minute from one client address, sustained.
+    #[arg(long, default_value_t = 30.0)]
+    pub login_per_minute_per_address: f64,
+
+    /// Days a session lasts unused; every use starts them again.
+    #[arg(long, default_value_t = 30)]
+    pub session_idle_days: u64,
+
+    /// Mark the session cookie `Secure` (the server is behind HTTPS).
+    #[arg(long)]
+    pub secure_cookies: bool,
+
+    /// An origin besides the server's own (e.g. `https://chat.example.org`) whose pages may
+    /// use the session cookie: the API and WebSocket upgrades carrying it (repeatable).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+}
+
+impl AccountOptions {
+    pub fn hashes_at_once(&self) -> usize {
+        self.max_hashing.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |cores| cores.get() / 2).max(1)
+        })
+    }
+
+    pub fn login_rate(&self) -> crate::accounts::LoginRate {
+        crate::accounts::LoginRate {
+            per_username_burst: self.login_burst_per_username,
+            per_username_per_minute: self.login_per_minute_per_username,
+            per_address_burst: self.login_burst_per_address,
+            per_address_per_minute: self.login_per_minute_per_address,
+        }
+    }
+
+    /// How long a session may go unused, in milliseconds.
+    pub fn session_idle_ms(&self) -> i64 {
+        (self.session_idle_days.min(100 * 365) * 24 * 3600 * 1000) as i64
+    }
 }
 
 /// `--addr`: an IP address as it is, or a host name resolved to its first address (IPv4 first).

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::frame::Frame;
-use crate::message::{Body, Channel, ChatMessage, now_ms};
+use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Notice};
@@ -212,10 +212,10 @@ impl Hub {
     }
 
     /// Says `body` from `from` to everyone else in its channel; its seq, if it was sent.
-    pub fn publish(&self, from: PeerId, author: &Arc<str>, body: Body) -> Option<u64> {
+    pub fn publish(&self, from: PeerId, author: Author, body: Body) -> Option<u64> {
         let mut state = self.lock();
         let channel = state.peers.get(&from)?.channel;
-        let message = state.stamp(channel, author.clone(), body, false);
+        let message = state.stamp(channel, author, body, false);
         let seq = message.seq;
         let mut evicted = Vec::new();
         let sent = state.send_to_channel(channel, Some(from), message.frame(), &mut evicted);
@@ -233,7 +233,7 @@ impl Hub {
         &self,
         id: Option<u64>,
         channel: Channel,
-        author: Arc<str>,
+        author: Author,
         body: Body,
         late: bool,
     ) {
@@ -393,7 +393,7 @@ impl State {
     fn stamp(
         &mut self,
         channel: Channel,
-        author: Arc<str>,
+        author: Author,
         body: Body,
         late: bool,
     ) -> Arc<ChatMessage> {
@@ -521,9 +521,9 @@ mod tests {
     }
 
     fn say(hub: &Hub, from: PeerId, count: usize) {
-        let author: Arc<str> = "a".into();
+        let author = Author::from("a");
         for n in 0..count {
-            hub.publish(from, &author, Body::Text(n.to_string()));
+            hub.publish(from, author.clone(), Body::Text(n.to_string()));
         }
     }
 

@@ -19,8 +19,13 @@
 //! - [`scheduler`] holds scheduled messages in one timer task (kept in the store too) and
 //!   hands them to the hub, paced, when they are due.
 //! - [`metrics`] counts what happens and reads the states for `GET /metrics` (Prometheus).
+//! - [`accounts`] holds the rules for accounts, password hashing and session tokens; `api` is
+//!   their HTTP JSON API under `/api`, and a WebSocket opened with a session cookie speaks as
+//!   its account.
 //! - [`config`] is the command line; [`serve`] puts it all together and shuts down gracefully.
 
+pub mod accounts;
+mod api;
 mod command;
 pub mod config;
 mod connections;
@@ -45,6 +50,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::accounts::Accounts;
 use crate::config::Limits;
 use crate::connections::Connections;
 use crate::frame_meter::MeterLimits;
@@ -66,6 +72,7 @@ pub struct Server {
     meter: Arc<MeterLimits>,
     counters: Counters,
     metrics: Metrics,
+    accounts: Accounts,
     limits: Limits,
 }
 
@@ -124,12 +131,14 @@ impl Server {
             frame_burst: limits.frame_burst,
             fragment_timeout: limits.fragment_timeout(),
         });
+        let accounts = Accounts::new(&limits.accounts);
         Ok(Arc::new_cyclic(|server| Server {
             hub,
             scheduler,
             connections,
             store,
             meter,
+            accounts,
             metrics: Metrics::new(&counters, server.clone()),
             counters,
             limits,

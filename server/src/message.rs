@@ -70,6 +70,27 @@ impl Body {
     }
 }
 
+/// Who said a message: the sender's id (a guest's per connection, an account's for good) and,
+/// for an account, its display name at the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    pub id: Arc<str>,
+    pub name: Option<Arc<str>>,
+}
+
+impl Author {
+    /// A guest: an id and no name.
+    pub fn guest(id: Arc<str>) -> Author {
+        Author { id, name: None }
+    }
+}
+
+impl From<&str> for Author {
+    fn from(id: &str) -> Author {
+        Author::guest(id.into())
+    }
+}
+
 /// Milliseconds since the Unix epoch, the server's clock.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
@@ -81,7 +102,7 @@ pub struct ChatMessage {
     pub channel: Channel,
     /// 1, 2, 3, … per channel.
     pub seq: u64,
-    pub author: Arc<str>,
+    pub author: Author,
     pub body: Body,
     /// When the server accepted it (a scheduled one: when it was delivered).
     pub at_ms: i64,
@@ -91,11 +112,13 @@ pub struct ChatMessage {
     history: OnceLock<Frame>,
 }
 
-/// `{"author", "type", "data", "seq", "at", "history"?, "late"?}`: the lessons' chat frame with
-/// the finished server's fields beside it.
+/// `{"author", "name"?, "type", "data", "seq", "at", "history"?, "late"?}`: the lessons' chat
+/// frame with the finished server's fields beside it (`name` only for an account's message).
 #[derive(Serialize)]
 pub struct WireChat<'a> {
     pub author: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub data: WireData<'a>,
@@ -118,7 +141,7 @@ impl ChatMessage {
     pub fn new(
         channel: Channel,
         seq: u64,
-        author: Arc<str>,
+        author: Author,
         body: Body,
         at_ms: i64,
         late: bool,
@@ -152,7 +175,8 @@ impl ChatMessage {
             Body::Emoji(emoji) => WireData::Emoji { emoji },
         };
         WireChat {
-            author: &self.author,
+            author: &self.author.id,
+            name: self.author.name.as_deref(),
             kind: self.body.kind(),
             data,
             seq: self.seq,
@@ -185,5 +209,10 @@ mod tests {
         let late =
             ChatMessage::new(Channel::Feed, 1, "ab".into(), Body::Emoji("🎉".into()), 0, true);
         assert!(late.frame().payload().ends_with(r#","late":true}"#));
+        let account = Author { id: "ab".into(), name: Some("Ada".into()) };
+        let named = ChatMessage::new(Channel::Feed, 2, account, Body::Text("x".into()), 0, false);
+        assert!(
+            named.frame().payload().starts_with(r#"{"author":"ab","name":"Ada","type":"text""#)
+        );
     }
 }

@@ -250,6 +250,16 @@ pub fn id_frame(id: &str) -> Frame {
     Frame::json(&IdFrame { id })
 }
 
+/// `{"me": {"id", "username", "name", "avatar"}}`: right after the id frame, to a connection
+/// opened with a session.
+pub fn me_frame(profile: &crate::accounts::Profile) -> Frame {
+    #[derive(Serialize)]
+    struct Me<'a> {
+        me: &'a crate::accounts::Profile,
+    }
+    Frame::json(&Me { me: profile })
+}
+
 /// `{"error": ...}`, to the offending sender only.
 pub fn error_frame(reason: &str) -> Frame {
     Frame::json(&ErrorFrame { error: reason })

@@ -25,6 +25,7 @@ use warp::reply::Reply;
 
 use client::web::{DefaultServer, page};
 
+use crate::api::{self, ApiRequest};
 use crate::connections::{ClientAddress, RefusalTotals, Ticket};
 use crate::frame_meter::FrameMeter;
 use crate::http::{Peer, client_ip};
@@ -62,6 +63,17 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
             upgrade(ws_server.clone(), &headers, version, peer, on_upgrade, catchup)
         });
     let health_server = server.clone();
+    let api_server = server.clone();
+    let api = warp::path("api")
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<Peer>())
+        .and(warp::body::stream())
+        .then(move |tail: warp::path::Tail, method, headers, peer, body| {
+            let request = ApiRequest { method, path: tail.as_str().to_owned(), headers, peer };
+            api::handle(api_server.clone(), request, body)
+        });
     let health = warp::get()
         .or(warp::head())
         .unify()
@@ -76,6 +88,8 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
         response
     });
     websocket
+        .or(api)
+        .unify()
         .or(health)
         .unify()
         .or(metrics)
@@ -151,6 +165,12 @@ fn upgrade(
         Ok(key) => key,
         Err(reason) => return refuse_upgrade(StatusCode::BAD_REQUEST, reason),
     };
+    // A page of another site must not open a socket with the visitor's session (cross-site
+    // WebSocket hijacking). Guests are not asked: they have nothing to steal.
+    let has_session = api::session_cookie(headers).is_some();
+    if has_session && api::foreign_origin(headers, &server.limits.accounts.allowed_origins) {
+        return refuse_upgrade(StatusCode::FORBIDDEN, "cross-origin request refused");
+    }
     let (Some(peer), Some(on_upgrade)) = (peer, on_upgrade) else {
         return refuse_upgrade(StatusCode::BAD_REQUEST, "this connection cannot be upgraded");
     };
@@ -176,15 +196,20 @@ fn upgrade(
         .max_message_size(Some(server.limits.max_frame_bytes));
     let meter = server.meter.clone();
     let accept = derive_accept_key(key.as_bytes());
+    let session_headers = has_session.then(|| headers.clone());
     tokio::spawn(async move {
         // Held for as long as the session runs: the connection's places in the counts.
         let _tickets = (peer.ticket, forwarded_ticket);
         let _session = server.connections.session();
+        let account = match &session_headers {
+            Some(headers) => api::session_account(&server, headers).await,
+            None => None,
+        };
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = FrameMeter::new(TokioIo::new(upgraded), meter);
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                session::run(server, socket, address, catchup).await;
+                session::run(server, socket, address, catchup, account).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::connections::ClientAddress;
 use crate::hub::Hub;
-use crate::message::{Body, Channel, now_ms};
+use crate::message::{Author, Body, Channel, now_ms};
 use crate::store::{Change, Store, StoredSchedule};
 
 /// How long the timer waits for the store to mark a schedule as firing before it delivers
@@ -55,7 +55,7 @@ pub struct PendingCount(Arc<AtomicUsize>);
 
 struct Pending {
     channel: Channel,
-    author: Arc<str>,
+    author: Author,
     body: Body,
     /// Its time passed while the server was down.
     late: bool,
@@ -131,7 +131,7 @@ impl Scheduler {
         address: ClientAddress,
         delay: Duration,
         channel: Channel,
-        author: Arc<str>,
+        author: Author,
         body: Body,
     ) -> Result<(), String> {
         let limits = &self.shared.limits;

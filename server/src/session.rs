@@ -26,15 +26,18 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::Server;
+use crate::accounts::Profile;
 use crate::command::{Command, Reply, Sender};
 use crate::connections::ClientAddress;
 use crate::frame::Frame;
 use crate::frame_meter::FrameMeter;
 use crate::hub::{Catchup, Eviction, PeerId};
+use crate::message::Author;
 use crate::outbox::{Full, Outbox};
 use crate::protocol;
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::scheduler::PendingCount;
+use crate::store::StoredAccount;
 
 pub type Socket = WebSocketStream<FrameMeter<TokioIo<Upgraded>>>;
 
@@ -67,7 +70,10 @@ enum End {
 struct Session {
     server: Arc<Server>,
     id: PeerId,
-    author: Arc<str>,
+    /// Who this connection speaks as: a guest's fresh id, or its account's id and name.
+    author: Author,
+    /// Whether it speaks for an account (whose name may change while it is connected).
+    account: bool,
     outbox: Arc<Outbox>,
     /// Frames taken from the outbox and not yet fully written; a frame cut short by an
     /// interrupted write stays at the front, trimmed to what is left of it.
@@ -79,19 +85,36 @@ struct Session {
 }
 
 /// Serves one upgraded connection until it ends.
-pub async fn run(server: Arc<Server>, mut ws: Socket, address: ClientAddress, catchup: Catchup) {
+/// `account`: the account of the session cookie it was opened with; a guest without one.
+pub async fn run(
+    server: Arc<Server>,
+    mut ws: Socket,
+    address: ClientAddress,
+    catchup: Catchup,
+    account: Option<StoredAccount>,
+) {
     let id = Uuid::new_v4();
-    let author: Arc<str> = id.simple().to_string().into();
     // The outbound queue, bounded; its policy for clients that stop reading is in `outbox`.
     let outbox = Arc::new(Outbox::new(server.limits.queue_frames));
     let (evict, mut evicted) = oneshot::channel();
-    // Queued before joining, so the id comes first and every broadcast after the join follows.
-    let _ = outbox.offer(protocol::id_frame(&author));
+    // Queued before joining, so the id (and an account's profile) come first and every
+    // broadcast after the join follows.
+    let author = match &account {
+        None => Author::guest(id.simple().to_string().into()),
+        Some(account) => {
+            let name = server.accounts.names.set(&account.id, &account.name);
+            Author { id: account.id.as_str().into(), name: Some(name) }
+        }
+    };
+    let _ = outbox.offer(protocol::id_frame(&author.id));
+    if let Some(account) = &account {
+        let _ = outbox.offer(protocol::me_frame(&Profile::of(account)));
+    }
     if !server.hub.join(id, outbox.clone(), evict, catchup) {
         close(&mut ws, &mut VecDeque::new(), CloseCode::Away, "server shutting down").await;
         return;
     }
-    info!(id = %author, "connected");
+    info!(id = %author.id, "connected");
     let bucket = TokenBucket::new(
         server.limits.message_rate,
         server.limits.message_burst,
@@ -101,6 +124,7 @@ pub async fn run(server: Arc<Server>, mut ws: Socket, address: ClientAddress, ca
         server,
         id,
         author,
+        account: account.is_some(),
         outbox,
         unwritten: VecDeque::new(),
         bucket,
@@ -109,7 +133,7 @@ pub async fn run(server: Arc<Server>, mut ws: Socket, address: ClientAddress, ca
     };
     let end = session.serve(&mut ws, &mut evicted).await;
     session.server.hub.leave(id);
-    let author = &session.author;
+    let author = &session.author.id;
     let unwritten = &mut session.unwritten;
     match end {
         End::Gone => info!(id = %author, "disconnected"),
@@ -258,7 +282,7 @@ impl Session {
         match self.bucket.take(Instant::now().into_std()) {
             Verdict::Allowed => {}
             Verdict::Refused { first } => {
-                debug!(id = %self.author, "refused: over the message rate");
+                debug!(id = %self.author.id, "refused: over the message rate");
                 if first {
                     let reason = format!(
                         "too many messages: at most {} a second (bursts of {})",
@@ -280,11 +304,16 @@ impl Session {
     }
 
     fn handle_text(&mut self, text: &str) -> Option<End> {
-        debug!(id = %self.author, frame = text, "received");
+        debug!(id = %self.author.id, frame = text, "received");
         let command = match Command::from_frame(text, &self.server) {
             Ok(command) => command,
             Err(error) => return self.reply(protocol::error_frame(&error.0)),
         };
+        if self.account
+            && let Some(name) = self.server.accounts.names.get(&self.author.id)
+        {
+            self.author.name = Some(name);
+        }
         let sender = Sender {
             server: &self.server,
             id: self.id,

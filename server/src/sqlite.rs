@@ -29,11 +29,15 @@ use anyhow::Context;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::message::{Body, Channel, ChatMessage};
-use crate::store::{Change, Loaded, StoreHealth, StoredSchedule};
+use subtle::ConstantTimeEq;
+
+use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
+use crate::store::{
+    AccountStore, Change, CreateAccountError, Loaded, StoreHealth, StoredAccount, StoredSchedule,
+};
 
 /// The schema this binary writes. A file with a higher `user_version` is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Written into every chatterbox database (`PRAGMA application_id`): "CBOX".
 const APPLICATION_ID: i64 = 0x4342_4F58;
@@ -97,6 +101,9 @@ pub struct SqliteStore {
     queued: Arc<AtomicUsize>,
     backlog: usize,
     reader: Mutex<Connection>,
+    /// Accounts and sessions are written here, at once (a sign-up must know whether its name
+    /// is taken), not through the writer thread; SQLite serialises the two writers.
+    accounts: Mutex<Connection>,
     failing: Arc<AtomicBool>,
     /// Messages not kept because the backlog was full, since the writer last logged it.
     dropped: Arc<AtomicU64>,
@@ -137,6 +144,12 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|error| unwritable(error.to_string()))?;
+        let accounts = Connection::open_with_flags(
+            &options.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|error| unwritable(error.to_string()))?;
+        accounts.busy_timeout(Duration::from_secs(5)).map_err(|e| unwritable(e.to_string()))?;
         let (queue, requests) = mpsc::channel();
         let failing = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -170,6 +183,7 @@ impl SqliteStore {
             backlog,
             dropped,
             reader: Mutex::new(reader),
+            accounts: Mutex::new(accounts),
             failing,
             writer: Mutex::new(Some(writer_finished)),
         })
@@ -241,6 +255,31 @@ fn migrate(connection: &Connection, version: i64) -> rusqlite::Result<()> {
              COMMIT;"
         ))?;
     }
+    if version < 2 {
+        // Accounts: a message or schedule of an account keeps its display name beside the
+        // author's id; guests' have none. Sessions are kept only as their tokens' SHA-256.
+        connection.execute_batch(
+            "BEGIN;
+             ALTER TABLE messages ADD COLUMN name TEXT;
+             ALTER TABLE schedules ADD COLUMN name TEXT;
+             CREATE TABLE accounts (
+                 id TEXT PRIMARY KEY,
+                 username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                 name TEXT NOT NULL,
+                 password TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL
+             );
+             CREATE TABLE sessions (
+                 token_hash BLOB PRIMARY KEY,
+                 account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                 created_ms INTEGER NOT NULL,
+                 used_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX sessions_by_account ON sessions (account);
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -253,13 +292,145 @@ fn message_from_row(
     row: &rusqlite::Row,
 ) -> rusqlite::Result<Option<ChatMessage>> {
     let seq: i64 = row.get("seq")?;
-    let author: String = row.get("author")?;
+    let author = author_from_row(row)?;
     let kind: String = row.get("type")?;
     let body: String = row.get("body")?;
     let at_ms: i64 = row.get("at_ms")?;
     let late: bool = row.get("late")?;
     Ok(Body::from_parts(&kind, body)
-        .map(|body| ChatMessage::new(channel, seq as u64, author.into(), body, at_ms, late)))
+        .map(|body| ChatMessage::new(channel, seq as u64, author, body, at_ms, late)))
+}
+
+/// The `author` and `name` columns of a message or a schedule.
+fn author_from_row(row: &rusqlite::Row) -> rusqlite::Result<Author> {
+    let id: String = row.get("author")?;
+    let name: Option<String> = row.get("name")?;
+    Ok(Author { id: id.into(), name: name.map(Into::into) })
+}
+
+fn account_from_row(row: &rusqlite::Row) -> rusqlite::Result<StoredAccount> {
+    Ok(StoredAccount {
+        id: row.get("id")?,
+        username: row.get("username")?,
+        name: row.get("name")?,
+        password_hash: row.get("password")?,
+    })
+}
+
+impl SqliteStore {
+    fn accounts(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn account_where(&self, condition: &str, value: &str) -> anyhow::Result<Option<StoredAccount>> {
+        let connection = self.accounts();
+        let mut statement =
+            connection.prepare_cached(&format!("SELECT * FROM accounts WHERE {condition} = ?1"))?;
+        Ok(statement.query_row([value], account_from_row).optional()?)
+    }
+}
+
+impl AccountStore for SqliteStore {
+    fn create_account(&self, account: &StoredAccount) -> Result<(), CreateAccountError> {
+        let inserted = self.accounts().execute(
+            "INSERT INTO accounts (id, username, name, password, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![account.id, account.username, account.name, account.password_hash, now_ms()],
+        );
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(CreateAccountError::Taken)
+            }
+            Err(error) => Err(CreateAccountError::Failed(error.into())),
+        }
+    }
+
+    fn account_by_username(&self, username: &str) -> anyhow::Result<Option<StoredAccount>> {
+        self.account_where("username", username)
+    }
+
+    fn account_by_id(&self, id: &str) -> anyhow::Result<Option<StoredAccount>> {
+        self.account_where("id", id)
+    }
+
+    fn set_name(&self, id: &str, name: &str) -> anyhow::Result<()> {
+        self.accounts()
+            .execute("UPDATE accounts SET name = ?2 WHERE id = ?1", params![id, name])?;
+        Ok(())
+    }
+
+    fn set_password_hash(&self, id: &str, hash: &str, keep: &[u8; 32]) -> anyhow::Result<()> {
+        let mut connection = self.accounts();
+        let transaction = connection.transaction()?;
+        transaction
+            .execute("UPDATE accounts SET password = ?2 WHERE id = ?1", params![id, hash])?;
+        transaction.execute(
+            "DELETE FROM sessions WHERE account = ?1 AND token_hash != ?2",
+            params![id, &keep[..]],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        account: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> anyhow::Result<()> {
+        let mut connection = self.accounts();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "DELETE FROM sessions WHERE account = ?1 AND used_ms < ?2",
+            params![account, now_ms - idle_ms],
+        )?;
+        transaction.execute(
+            "INSERT INTO sessions (token_hash, account, created_ms, used_ms) VALUES (?1, ?2, ?3, ?3)",
+            params![&token_hash[..], account, now_ms],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn session_account(
+        &self,
+        token_hash: &[u8; 32],
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> anyhow::Result<Option<StoredAccount>> {
+        let connection = self.accounts();
+        let found: Option<(Vec<u8>, String, i64)> = connection
+            .prepare_cached(
+                "SELECT token_hash, account, used_ms FROM sessions WHERE token_hash = ?1",
+            )?
+            .query_row([&token_hash[..]], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()?;
+        let Some((stored, account, used_ms)) = found else { return Ok(None) };
+        // Found by its digest; the digest is then compared in constant time all the same.
+        if !bool::from(stored.as_slice().ct_eq(&token_hash[..])) {
+            return Ok(None);
+        }
+        if now_ms - used_ms > idle_ms {
+            connection.execute("DELETE FROM sessions WHERE token_hash = ?1", [&token_hash[..]])?;
+            return Ok(None);
+        }
+        // Written at most once a minute per session, not on every request.
+        connection.execute(
+            "UPDATE sessions SET used_ms = ?2 WHERE token_hash = ?1 AND used_ms < ?2 - 60000",
+            params![&token_hash[..], now_ms],
+        )?;
+        drop(connection);
+        self.account_by_id(&account)
+    }
+
+    fn delete_session(&self, token_hash: &[u8; 32]) -> anyhow::Result<()> {
+        self.accounts().execute("DELETE FROM sessions WHERE token_hash = ?1", [&token_hash[..]])?;
+        Ok(())
+    }
 }
 
 impl crate::store::Store for SqliteStore {
@@ -301,13 +472,13 @@ impl crate::store::Store for SqliteStore {
             let channel: String = row.get("channel")?;
             let kind: String = row.get("type")?;
             let body: String = row.get("body")?;
-            let author: String = row.get("author")?;
+            let author = author_from_row(row)?;
             let schedule = match (channel_of(&channel), Body::from_parts(&kind, body)) {
                 (Some(channel), Some(body)) => Some(StoredSchedule {
                     id: row.get::<_, i64>("id")? as u64,
                     due_ms: row.get("due_ms")?,
                     channel,
-                    author: author.into(),
+                    author,
                     body,
                 }),
                 _ => None,
@@ -584,9 +755,9 @@ const ROWS_PER_INSERT: usize = 32;
 /// `INSERT ... VALUES (...), (...), ...` for `rows` messages.
 fn insert_statement(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT OR REPLACE INTO messages (channel, seq, author, type, body, at_ms, late) VALUES ",
+        "INSERT OR REPLACE INTO messages (channel, seq, author, name, type, body, at_ms, late) VALUES ",
     );
-    let row = "(?, ?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?)";
     sql.push_str(&vec![row; rows].join(", "));
     sql
 }
@@ -607,12 +778,13 @@ fn insert_messages(
         .collect();
     for chunk in kept.chunks(ROWS_PER_INSERT) {
         let mut statement = transaction.prepare_cached(&insert_statement(chunk.len()))?;
-        let mut values: Vec<ToSqlOutput> = Vec::with_capacity(chunk.len() * 7);
+        let mut values: Vec<ToSqlOutput> = Vec::with_capacity(chunk.len() * 8);
         for &(name, message) in chunk {
             values.extend([
                 text(name),
                 ToSqlOutput::Owned(Value::Integer(message.seq as i64)),
-                text(&message.author),
+                text(&message.author.id),
+                message.author.name.as_deref().map_or(ToSqlOutput::Owned(Value::Null), text),
                 text(message.body.kind()),
                 text(message.body.content()),
                 ToSqlOutput::Owned(Value::Integer(message.at_ms)),
@@ -634,8 +806,8 @@ fn write_batch(
     let transaction = connection.transaction()?;
     {
         let mut insert_schedule = transaction.prepare_cached(
-            "INSERT OR REPLACE INTO schedules (id, due_ms, channel, author, type, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO schedules (id, due_ms, channel, author, name, type, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut mark =
             transaction.prepare_cached("UPDATE schedules SET firing = 1 WHERE id = ?1")?;
@@ -657,7 +829,8 @@ fn write_batch(
                         schedule.id as i64,
                         schedule.due_ms,
                         name,
-                        &*schedule.author,
+                        &*schedule.author.id,
+                        schedule.author.name.as_deref(),
                         schedule.body.kind(),
                         schedule.body.content(),
                     ])?;
@@ -703,7 +876,7 @@ pub fn database_path(argument: &str) -> Option<&Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::{AccountStore, Store};
 
     fn open(path: &Path) -> SqliteStore {
         let options = SqliteOptions {
@@ -729,6 +902,17 @@ mod tests {
             author: "a".into(),
             body,
         }
+    }
+
+    #[test]
+    fn accounts_and_sessions_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        crate::store::check_account_store(&open(&path));
+        // Another process's view after a restart: the account and its name are there.
+        let store = open(&path);
+        let ada = store.account_by_username("ada").unwrap().unwrap();
+        assert_eq!((ada.id.len(), ada.name.as_str()), (32, "Ada Lovelace"));
     }
 
     #[test]
@@ -829,8 +1013,15 @@ mod tests {
         assert!(matches!(SqliteStore::open(options(&text)), Err(OpenError::Foreign { .. })));
         let newer = dir.path().join("newer.db");
         drop(open(&newer));
-        Connection::open(&newer).unwrap().pragma_update(None, "user_version", 2).unwrap();
+        let newer_version = SCHEMA_VERSION + 1;
+        Connection::open(&newer)
+            .unwrap()
+            .pragma_update(None, "user_version", newer_version)
+            .unwrap();
         let error = SqliteStore::open(options(&newer)).err().unwrap();
-        assert!(matches!(error, OpenError::Newer { found: 2, .. }), "{error}");
+        assert!(
+            matches!(error, OpenError::Newer { found, .. } if found == newer_version),
+            "{error}"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::message::{Body, Channel, ChatMessage};
+use crate::message::{Author, Body, Channel, ChatMessage};
 
 /// A schedule as the store keeps it: only those for durable channels are kept.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct StoredSchedule {
     /// When it is due, in milliseconds since the Unix epoch.
     pub due_ms: i64,
     pub channel: Channel,
-    pub author: Arc<str>,
+    pub author: Author,
     pub body: Body,
 }
 
@@ -66,8 +66,67 @@ pub enum StoreHealth {
     Failing,
 }
 
+/// An account as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAccount {
+    /// 32 lowercase hex digits, for good.
+    pub id: String,
+    /// Lower case; unique.
+    pub username: String,
+    /// The display name.
+    pub name: String,
+    /// The Argon2id hash, in the PHC string format.
+    pub password_hash: String,
+}
+
+/// Why an account could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateAccountError {
+    #[error("that username is taken")]
+    Taken,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// What accounts and their sessions need kept. Every method blocks (a disk may be behind it):
+/// call them from a blocking task. A session is known only by its token's SHA-256.
+pub trait AccountStore: Send + Sync {
+    fn create_account(&self, account: &StoredAccount) -> Result<(), CreateAccountError>;
+
+    /// By username, ignoring case.
+    fn account_by_username(&self, username: &str) -> anyhow::Result<Option<StoredAccount>>;
+
+    fn account_by_id(&self, id: &str) -> anyhow::Result<Option<StoredAccount>>;
+
+    fn set_name(&self, id: &str, name: &str) -> anyhow::Result<()>;
+
+    /// Replaces the password hash and revokes every session of the account except `keep`.
+    fn set_password_hash(&self, id: &str, hash: &str, keep: &[u8; 32]) -> anyhow::Result<()>;
+
+    /// Starts a session; the account's sessions unused for longer than `idle_ms` are removed
+    /// on the way (an ended session is otherwise removed only when it is presented again).
+    fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        account: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> anyhow::Result<()>;
+
+    /// The account of the session whose token hashes to `token_hash`, if it was used within
+    /// `idle_ms` of `now_ms` (it then counts as used now); an expired one is removed.
+    fn session_account(
+        &self,
+        token_hash: &[u8; 32],
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> anyhow::Result<Option<StoredAccount>>;
+
+    fn delete_session(&self, token_hash: &[u8; 32]) -> anyhow::Result<()>;
+}
+
 /// The store, whichever it is.
-pub trait Store: Send + Sync {
+pub trait Store: AccountStore + Send + Sync {
     /// Per durable channel, its next seq and newest `recent` messages; the pending schedules.
     /// Called once, at start, before anything is recorded.
     fn load(&self, recent: usize) -> anyhow::Result<Loaded>;
@@ -96,11 +155,26 @@ pub trait Store: Send + Sync {
 pub struct MemoryStore {
     keep: usize,
     channels: Mutex<HashMap<Channel, VecDeque<Arc<ChatMessage>>>>,
+    accounts: Mutex<MemoryAccounts>,
+}
+
+#[derive(Default)]
+struct MemoryAccounts {
+    /// By id.
+    accounts: HashMap<String, StoredAccount>,
+    /// Token hash → (account id, last used).
+    sessions: HashMap<[u8; 32], (String, i64)>,
+}
+
+impl MemoryAccounts {
+    fn by_username(&self, username: &str) -> Option<&StoredAccount> {
+        self.accounts.values().find(|account| account.username.eq_ignore_ascii_case(username))
+    }
 }
 
 impl MemoryStore {
     pub fn new(keep: usize) -> MemoryStore {
-        MemoryStore { keep, channels: Mutex::default() }
+        MemoryStore { keep, channels: Mutex::default(), accounts: Mutex::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Channel, VecDeque<Arc<ChatMessage>>>> {
@@ -114,6 +188,86 @@ impl MemoryStore {
         while kept.len() > self.keep {
             kept.pop_front();
         }
+    }
+}
+
+impl MemoryStore {
+    fn accounts(&self) -> MutexGuard<'_, MemoryAccounts> {
+        self.accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl AccountStore for MemoryStore {
+    fn create_account(&self, account: &StoredAccount) -> Result<(), CreateAccountError> {
+        let mut accounts = self.accounts();
+        if accounts.by_username(&account.username).is_some() {
+            return Err(CreateAccountError::Taken);
+        }
+        accounts.accounts.insert(account.id.clone(), account.clone());
+        Ok(())
+    }
+
+    fn account_by_username(&self, username: &str) -> anyhow::Result<Option<StoredAccount>> {
+        Ok(self.accounts().by_username(username).cloned())
+    }
+
+    fn account_by_id(&self, id: &str) -> anyhow::Result<Option<StoredAccount>> {
+        Ok(self.accounts().accounts.get(id).cloned())
+    }
+
+    fn set_name(&self, id: &str, name: &str) -> anyhow::Result<()> {
+        if let Some(account) = self.accounts().accounts.get_mut(id) {
+            account.name = name.to_owned();
+        }
+        Ok(())
+    }
+
+    fn set_password_hash(&self, id: &str, hash: &str, keep: &[u8; 32]) -> anyhow::Result<()> {
+        let mut accounts = self.accounts();
+        if let Some(account) = accounts.accounts.get_mut(id) {
+            account.password_hash = hash.to_owned();
+        }
+        accounts.sessions.retain(|token, (account, _)| account != id || token == keep);
+        Ok(())
+    }
+
+    fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        account: &str,
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> anyhow::Result<()> {
+        let mut accounts = self.accounts();
+        accounts
+            .sessions
+            .retain(|_, (owner, used_ms)| owner != account || now_ms - *used_ms <= idle_ms);
+        accounts.sessions.insert(*token_hash, (account.to_owned(), now_ms));
+        Ok(())
+    }
+
+    fn session_account(
+        &self,
+        token_hash: &[u8; 32],
+        now_ms: i64,
+        idle_ms: i64,
+    ) -> anyhow::Result<Option<StoredAccount>> {
+        let mut accounts = self.accounts();
+        let Some((account, used_ms)) = accounts.sessions.get_mut(token_hash) else {
+            return Ok(None);
+        };
+        if now_ms - *used_ms > idle_ms {
+            accounts.sessions.remove(token_hash);
+            return Ok(None);
+        }
+        *used_ms = now_ms;
+        let account = account.clone();
+        Ok(accounts.accounts.get(&account).cloned())
+    }
+
+    fn delete_session(&self, token_hash: &[u8; 32]) -> anyhow::Result<()> {
+        self.accounts().sessions.remove(token_hash);
+        Ok(())
     }
 }
 
@@ -168,9 +322,52 @@ impl Store for MemoryStore {
     }
 }
 
+/// What every [`AccountStore`] must do; each implementation's tests run it.
+#[cfg(test)]
+pub(crate) fn check_account_store(store: &dyn AccountStore) {
+    const DAY: i64 = 24 * 3600 * 1000;
+    let ada = StoredAccount {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        username: "ada".into(),
+        name: "ada".into(),
+        password_hash: "$argon2id$...".into(),
+    };
+    store.create_account(&ada).unwrap();
+    let shouting = StoredAccount { id: "f".repeat(32), username: "ADA".into(), ..ada.clone() };
+    assert!(matches!(store.create_account(&shouting), Err(CreateAccountError::Taken)));
+    assert_eq!(store.account_by_username("AdA").unwrap().as_ref(), Some(&ada));
+    assert_eq!(store.account_by_id(&ada.id).unwrap().as_ref(), Some(&ada));
+    assert_eq!(store.account_by_username("bob").unwrap(), None);
+    store.set_name(&ada.id, "Ada Lovelace").unwrap();
+    assert_eq!(store.account_by_id(&ada.id).unwrap().unwrap().name, "Ada Lovelace");
+
+    let (first, second, third) = ([1; 32], [2; 32], [3; 32]);
+    store.create_session(&first, &ada.id, 0, 30 * DAY).unwrap();
+    store.create_session(&second, &ada.id, 0, 30 * DAY).unwrap();
+    let found = store.session_account(&first, 29 * DAY, 30 * DAY).unwrap();
+    assert_eq!(found.map(|account| account.id), Some(ada.id.clone()));
+    // Used on day 29, so it lasts until day 59; the second, unused since day 0, has ended.
+    assert!(store.session_account(&first, 58 * DAY, 30 * DAY).unwrap().is_some());
+    assert!(store.session_account(&second, 31 * DAY, 30 * DAY).unwrap().is_none());
+    assert!(store.session_account(&[9; 32], 0, 30 * DAY).unwrap().is_none());
+
+    store.create_session(&third, &ada.id, 58 * DAY, 30 * DAY).unwrap();
+    store.set_password_hash(&ada.id, "$argon2id$new", &third).unwrap();
+    assert_eq!(store.account_by_id(&ada.id).unwrap().unwrap().password_hash, "$argon2id$new");
+    assert!(store.session_account(&first, 58 * DAY, 30 * DAY).unwrap().is_none(), "revoked");
+    assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_some(), "kept");
+    store.delete_session(&third).unwrap();
+    assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_none());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_store_keeps_accounts_and_sessions() {
+        check_account_store(&MemoryStore::new(1));
+    }
 
     fn message(seq: u64) -> Arc<ChatMessage> {
         Arc::new(ChatMessage::new(
