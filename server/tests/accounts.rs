@@ -506,6 +506,19 @@ async fn a_socket_with_a_session_speaks_as_its_account() -> Result<()> {
     first_tab.send(Message::text(text("renamed").to_string())).await?;
     assert_eq!(recv_json(&mut guest.conn).await?["name"], "Countess");
 
+    // A scheduled message carries the name too.
+    first_tab.send(Message::text(text("/schedule seconds 1 message later").to_string())).await?;
+    let scheduled = recv_json(&mut guest.conn).await?;
+    assert_eq!(scheduled["data"]["text"], "later");
+    assert_eq!(
+        (scheduled["author"].clone(), scheduled["name"].clone()),
+        (profile["id"].clone(), json!("Countess"))
+    );
+    assert_eq!(next_json(&mut second_tab).await?["data"]["text"], "renamed");
+    for tab in [&mut first_tab, &mut second_tab] {
+        assert_eq!(next_json(tab).await?["data"]["text"], "later", "both tabs get it");
+    }
+
     // A guest is as before: a fresh id, no me frame, no name on its messages.
     guest.conn.send_json(&text("guest here")).await?;
     let from_guest = next_json(&mut first_tab).await?;
