@@ -79,9 +79,8 @@ pub fn foreign_origin(headers: &HeaderMap, allowed: &[String]) -> bool {
     let origin = origin.trim();
     let own = headers.get(header::HOST).and_then(|host| host.to_str().ok()).is_some_and(|host| {
         ["http://", "https://"].iter().any(|scheme| {
-            origin.len() == scheme.len() + host.len()
-                && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
-                && origin[scheme.len()..].eq_ignore_ascii_case(host)
+            origin.get(..scheme.len()).is_some_and(|given| given.eq_ignore_ascii_case(scheme))
+                && origin.get(scheme.len()..).is_some_and(|given| given.eq_ignore_ascii_case(host))
         })
     });
     !own && !allowed

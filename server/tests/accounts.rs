@@ -79,9 +79,14 @@ async fn request(
     }
     head.push_str("\r\n");
     head.push_str(body.unwrap_or_default());
+    exchange(port, head.as_bytes()).await
+}
+
+/// Writes `raw` (a whole request) on a fresh connection and reads the answer to its end.
+async fn exchange(port: u16, raw: &[u8]) -> Result<Response> {
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(raw).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         anyhow::Ok(raw)
@@ -286,6 +291,14 @@ async fn the_rules_and_their_status_codes() -> Result<()> {
     assert!(missing.error().contains("missing field"), "{missing:?}");
     let huge = json!({"username": "huge", "password": "x".repeat(3000)});
     assert_eq!(post(&server, "/api/signup", &[], &huge).await?.status, 413);
+    // Without a length given, the limit holds while the body is read.
+    let chunk = format!("{{\"username\": \"huge\", \"password\": \"{}\"}}", "x".repeat(3000));
+    let chunked = format!(
+        "POST /api/signup HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    assert_eq!(exchange(server.port(), chunked.as_bytes()).await?.status, 413);
 
     // Unknown user and wrong password: the same 401, the same body.
     let unknown = login(&server, "nobody", "a fine password").await?;
@@ -492,6 +505,19 @@ async fn a_socket_with_a_session_speaks_as_its_account() -> Result<()> {
     request(server.port(), "PATCH", "/api/me", &[("Cookie", &cookie)], Some(&rename)).await?;
     first_tab.send(Message::text(text("renamed").to_string())).await?;
     assert_eq!(recv_json(&mut guest.conn).await?["name"], "Countess");
+
+    // A scheduled message carries the name too.
+    first_tab.send(Message::text(text("/schedule seconds 1 message later").to_string())).await?;
+    let scheduled = recv_json(&mut guest.conn).await?;
+    assert_eq!(scheduled["data"]["text"], "later");
+    assert_eq!(
+        (scheduled["author"].clone(), scheduled["name"].clone()),
+        (profile["id"].clone(), json!("Countess"))
+    );
+    assert_eq!(next_json(&mut second_tab).await?["data"]["text"], "renamed");
+    for tab in [&mut first_tab, &mut second_tab] {
+        assert_eq!(next_json(tab).await?["data"]["text"], "later", "both tabs get it");
+    }
 
     // A guest is as before: a fresh id, no me frame, no name on its messages.
     guest.conn.send_json(&text("guest here")).await?;
