@@ -196,13 +196,14 @@ fn upgrade(
         .max_message_size(Some(server.limits.max_frame_bytes));
     let meter = server.meter.clone();
     let accept = derive_accept_key(key.as_bytes());
-    let session_headers = has_session.then(|| headers.clone());
+    // Boxed: whatever the task captures, it keeps for the whole session.
+    let session_headers = has_session.then(|| Box::new(headers.clone()));
     tokio::spawn(async move {
         // Held for as long as the session runs: the connection's places in the counts.
         let _tickets = (peer.ticket, forwarded_ticket);
         let _session = server.connections.session();
-        let account = match &session_headers {
-            Some(headers) => api::session_account(&server, headers).await,
+        let account = match session_headers {
+            Some(headers) => api::session_account(&server, &headers).await.map(Box::new),
             None => None,
         };
         match on_upgrade.await {

@@ -91,7 +91,7 @@ pub async fn run(
     mut ws: Socket,
     address: ClientAddress,
     catchup: Catchup,
-    account: Option<StoredAccount>,
+    account: Option<Box<StoredAccount>>,
 ) {
     let id = Uuid::new_v4();
     // The outbound queue, bounded; its policy for clients that stop reading is in `outbox`.
@@ -110,6 +110,9 @@ pub async fn run(
     if let Some(account) = &account {
         let _ = outbox.offer(protocol::me_frame(&Profile::of(account)));
     }
+    let is_account = account.is_some();
+    // Not kept for the connection's life: it holds the password's hash.
+    drop(account);
     if !server.hub.join(id, outbox.clone(), evict, catchup) {
         close(&mut ws, &mut VecDeque::new(), CloseCode::Away, "server shutting down").await;
         return;
@@ -124,7 +127,7 @@ pub async fn run(
         server,
         id,
         author,
-        account: account.is_some(),
+        account: is_account,
         outbox,
         unwritten: VecDeque::new(),
         bucket,
