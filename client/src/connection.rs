@@ -16,6 +16,9 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::COOKIE;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -158,10 +161,25 @@ pub fn one_line(error: &anyhow::Error) -> String {
 impl Connection {
     /// Opens a WebSocket to `url` (for example `ws://127.0.0.1:8000/`).
     pub async fn connect(url: &str) -> Result<Connection> {
-        let (socket, _response) = timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_| anyhow!("timed out connecting to {url}"))?
-            .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+        Connection::connect_with_cookie(url, None).await
+    }
+
+    /// Connects with a `Cookie` header (`chatterbox_session=...`): the finished server then
+    /// gives the connection to that account. No `Origin` is sent: this is not a web page.
+    pub async fn connect_with_cookie(url: &str, cookie: Option<&str>) -> Result<Connection> {
+        let mut request = url
+            .into_client_request()
+            .with_context(|| format!("{url} is not a WebSocket address"))?;
+        if let Some(cookie) = cookie {
+            let value = HeaderValue::from_str(cookie)
+                .context("the session cookie is not a header value")?;
+            request.headers_mut().insert(COOKIE, value);
+        }
+        let (socket, _response) =
+            timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(request))
+                .await
+                .map_err(|_| anyhow!("timed out connecting to {url}"))?
+                .with_context(|| format!("WebSocket handshake with {url} failed"))?;
         let name = "the client".to_owned();
         Ok(Connection { socket, timeout: DEFAULT_TIMEOUT, name, last_sent: LastSent::default() })
     }

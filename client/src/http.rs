@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 `GET`, for tests that check the plain HTTP side of a server
-//! (`{"hello":"world"}`, 404s, `/healthz`, a refused upgrade). One request per connection,
-//! `Connection: close`, the whole exchange under one timeout.
+//! A minimal HTTP/1.1 client: `GET` for tests that check the plain HTTP side of a server
+//! (`{"hello":"world"}`, 404s, `/healthz`, a refused upgrade), and JSON requests for the
+//! finished server's account API (the terminal client logs in with it). One request per
+//! connection, `Connection: close`, the whole exchange under one timeout.
 
 use std::time::Duration;
 
@@ -28,23 +29,42 @@ impl Response {
 
 /// `GET path` from `127.0.0.1:port`, with any extra request headers.
 pub async fn get(port: u16, path: &str, extra_headers: &[(&str, &str)]) -> Result<Response> {
-    timeout(HTTP_TIMEOUT, exchange(port, path, extra_headers))
-        .await
-        .map_err(|_| anyhow!("GET {path} timed out after {HTTP_TIMEOUT:?}"))?
+    request(&format!("127.0.0.1:{port}"), "GET", path, extra_headers, None).await
 }
 
-async fn exchange(port: u16, path: &str, extra_headers: &[(&str, &str)]) -> Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.context("connecting")?;
-    let mut request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (name, value) in extra_headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.context("sending the request")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.context("reading the response")?;
-    parse(&String::from_utf8_lossy(&raw))
+/// One request to `authority` (`HOST:PORT`, also sent as `Host`), with any extra headers and a
+/// JSON `body` (sent with its `Content-Type` and `Content-Length`). The whole exchange is under
+/// one timeout.
+pub async fn request(
+    authority: &str,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    json_body: Option<&str>,
+) -> Result<Response> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+        for (name, value) in extra_headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = json_body {
+            request.push_str("Content-Type: application/json\r\n");
+            request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        } else {
+            request.push_str("\r\n");
+        }
+        stream.write_all(request.as_bytes()).await.context("sending the request")?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.context("reading the response")?;
+        parse(&String::from_utf8_lossy(&raw))
+    };
+    timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("{method} {path} timed out after {HTTP_TIMEOUT:?}"))?
 }
 
 fn parse(raw: &str) -> Result<Response> {
