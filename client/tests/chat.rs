@@ -36,8 +36,14 @@ impl Chat {
     }
 
     fn start_with(args: &[&str]) -> Result<Chat> {
+        Chat::start_with_env(args, &[])
+    }
+
+    /// `chat ARGS` with these environment variables set (`CHATTERBOX_PASSWORD`, say).
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Chat> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -436,5 +442,98 @@ async fn raw_mode_does_not_reconnect() -> Result<()> {
     let status = chat.exit().await?;
     assert!(!status.success(), "a lost connection in raw mode is an error: {status}");
     chat.stderr_line("the connection failed").await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The finished server: accounts
+
+/// Signs `username` up with a raw HTTP request (`POST /api/signup`); returns the session
+/// cookie (`chatterbox_session=...`).
+async fn sign_up(server: &RunningServer, username: &str, password: &str) -> Result<String> {
+    let body = json!({"username": username, "password": password}).to_string();
+    let authority = format!("127.0.0.1:{}", server.port());
+    let response =
+        client::http::request(&authority, "POST", "/api/signup", &[], Some(&body)).await?;
+    anyhow::ensure!(
+        response.status == 201,
+        "sign-up answered {}: {}",
+        response.status,
+        response.body
+    );
+    let cookie = response.header("set-cookie").and_then(|cookie| cookie.split(';').next());
+    Ok(cookie.context("no session cookie")?.to_owned())
+}
+
+/// `chat --user USERNAME`, with the password given in `CHATTERBOX_PASSWORD`.
+fn chat_as(server: &RunningServer, username: &str, password: &str) -> Result<Chat> {
+    Chat::start_with_env(
+        &["--user", username, &server.ws_url()],
+        &[("CHATTERBOX_PASSWORD", password)],
+    )
+}
+
+#[tokio::test]
+async fn with_user_chat_speaks_as_the_account_and_shows_names() -> Result<()> {
+    let server = finished_server("memory", 0, &[]).await?;
+    sign_up(&server, "ada", "correct horse").await?;
+    let bob_cookie = sign_up(&server, "bob", "battery staple").await?;
+    let (mut guest, guest_id) = Connection::join(&server.ws_url()).await?;
+
+    let mut chat = chat_as(&server, "ada", "correct horse")?;
+    chat.stdout_line("* logged in as ada (@ada)").await?;
+    chat.type_line("hello as ada").await?;
+    let frame = guest.recv_json().await?;
+    assert_eq!(
+        (&frame["name"], &frame["data"]["text"]),
+        (&json!("ada"), &json!("hello as ada")),
+        "{frame}"
+    );
+
+    // Someone else's account is shown by name, a guest by the short id.
+    let mut bob = Connection::connect_with_cookie(&server.ws_url(), Some(&bob_cookie)).await?;
+    bob.recv_id().await?;
+    bob.send_json(&message::text("hi from bob")).await?;
+    assert_eq!(chat.stdout_line("hi from bob").await?, "[bob] hi from bob");
+    guest.send_json(&message::text("hi from a guest")).await?;
+    assert_eq!(
+        chat.stdout_line("hi from a guest").await?,
+        format!("[{}] hi from a guest", &guest_id[..8])
+    );
+
+    // /name changes the display name: the next message carries it.
+    chat.type_line("/name Ada Lovelace").await?;
+    chat.stdout_line("* your name is now Ada Lovelace").await?;
+    chat.type_line("renamed").await?;
+    let frame = loop {
+        let frame = guest.recv_json().await?;
+        if frame["data"]["text"] == "renamed" {
+            break frame;
+        }
+    };
+    assert_eq!(frame["name"], "Ada Lovelace", "{frame}");
+    // A name the server refuses is explained with its reason.
+    chat.type_line(&format!("/name {}", "x".repeat(41))).await?;
+    chat.stderr_line("! /name: a name is 1 to 40 characters").await?;
+
+    chat.type_line("/quit").await?;
+    assert!(chat.exit().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_no_account_is_explained() -> Result<()> {
+    let server = finished_server("memory", 0, &[]).await?;
+    sign_up(&server, "ada", "correct horse").await?;
+
+    let mut chat = chat_as(&server, "ada", "not the password")?;
+    chat.stderr_line("logging in as ada failed: wrong username or password").await?;
+    assert!(!chat.exit().await?.success());
+
+    let (mut chat, _) = connected_chat(&server).await?;
+    chat.type_line("/name Somebody").await?;
+    chat.stderr_line("! /name needs an account: start chat with --user NAME").await?;
+    chat.type_line("/quit").await?;
+    assert!(chat.exit().await?.success());
     Ok(())
 }

@@ -13,6 +13,12 @@
 //! and says so on stderr; to the finished server it reconnects with `?after=` the last feed
 //! message it saw, so that it gets exactly what it missed (docs/PROTOCOL.md).
 //!
+//! With `--user NAME` it logs in to the finished server first (`POST /api/login` on the host
+//! and port of the ws:// address; the password is read from the terminal without echo, or from
+//! `CHATTERBOX_PASSWORD`) and opens the WebSocket with the session cookie: it then speaks as
+//! that account, and `/name NEW NAME` changes the display name (`PATCH /api/me`). Messages that
+//! carry a display name (`"name"`) are shown under it instead of the short id.
+//!
 //! With `--raw`, each line is sent exactly as typed and each text frame is printed exactly as
 //! it came: for the lessons' guides, which send JSON by hand (and frames that are not JSON). It
 //! does not reconnect: it shows the protocol as it is (give `ws://HOST/?after=SEQ` yourself).
@@ -25,6 +31,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use client::Connection;
 use client::connection::one_line;
+use client::http;
 use client::schedule::{self, EXAMPLE};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -59,6 +66,7 @@ commands:
   /random                                 chat 1:1 with a random stranger (lesson05 on)
   /feed                                   back to the feed everyone shares
   /emoji 😋                               send an emoji
+  /name NEW NAME                          change your display name (with --user)
   /help                                   this list
   /quit                                   leave (so does the end of input)";
 
@@ -75,10 +83,29 @@ struct Args {
     /// exactly as it comes.
     #[arg(long)]
     raw: bool,
+
+    /// Log in as this account first (the finished server): the password is read from the
+    /// terminal without echo, or from the environment variable CHATTERBOX_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
+
+/// Where the password for `--user` may come from instead of the terminal (for scripts).
+const PASSWORD_VARIABLE: &str = "CHATTERBOX_PASSWORD";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Asked before anything runs, so that the prompt is not mixed with the conversation.
+    let login = match &args.user {
+        Some(user) => match password_for(user) {
+            Ok(password) => Some((user.clone(), password)),
+            Err(error) => {
+                eprintln!("chat: {}", one_line(&error));
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -86,7 +113,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(run(&args.server, args.raw));
+    let outcome = runtime.block_on(run(&args.server, args.raw, login));
     // Reading stdin is a blocking read that cannot be cancelled: waiting for it at shutdown
     // would keep the process alive after the server left, until the user pressed Enter.
     runtime.shutdown_background();
@@ -114,6 +141,8 @@ type Input = Lines<BufReader<Stdin>>;
 /// What the user asked for with one line of input.
 enum Command {
     Send(Value),
+    /// `/name NEW NAME`: the account's display name, through the HTTP API.
+    Rename(String),
     Quit,
     Nothing,
 }
@@ -128,11 +157,14 @@ enum Ending {
     Failed(anyhow::Error),
 }
 
-async fn run(server: &str, raw: bool) -> Result<()> {
+async fn run(server: &str, raw: bool, login: Option<(String, String)>) -> Result<()> {
     check_scheme(server)?;
-    let mut connection = Connection::connect(server).await?;
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut session = Session::default();
+    if let Some((user, password)) = login {
+        session.account = Some(Account::log_in(server, &user, &password).await?);
+    }
+    let mut connection = Connection::connect_with_cookie(server, session.cookie()).await?;
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     loop {
         let lost = match converse(connection, &mut stdin, &mut session, raw).await? {
             Ending::Done => return Ok(()),
@@ -175,6 +207,10 @@ async fn converse(
                         Command::Send(frame) => {
                             session.sent(&frame);
                             Message::text(frame.to_string())
+                        }
+                        Command::Rename(name) => {
+                            session.rename(&name).await;
+                            continue;
                         }
                         Command::Quit => break,
                         Command::Nothing => continue,
@@ -244,7 +280,7 @@ async fn reconnect(server: &str, session: &Session, lost: &str) -> Result<Connec
     for attempt in 1..=RECONNECT_ATTEMPTS {
         eprintln!("chat: reconnecting in {delay:?} (attempt {attempt} of {RECONNECT_ATTEMPTS})");
         tokio::time::sleep(delay).await;
-        match Connection::connect(&url).await {
+        match Connection::connect_with_cookie(&url, session.cookie()).await {
             Ok(connection) => {
                 match session.resume_after() {
                     Some(seq) => {
@@ -302,6 +338,11 @@ fn command(line: &str, my_id: Option<&str>) -> Command {
             Command::Nothing
         }
         "/emoji" => chat("emoji", json!({"emoji": rest.trim()})),
+        "/name" if rest.trim().is_empty() => {
+            eprintln!("! /name needs a name, as in: /name Ada Lovelace");
+            Command::Nothing
+        }
+        "/name" => Command::Rename(rest.trim().to_owned()),
         // A typo such as /randon must not go to everyone as chat.
         _ if word.starts_with('/') && word.len() > 1 => {
             eprintln!("! unknown command {word}; {HELP}");
@@ -327,6 +368,8 @@ struct Session {
     /// Our own feed messages (type and body), which the server does not send back, except in
     /// the history of a resumed connection: there they are not printed again.
     unconfirmed: VecDeque<(String, String)>,
+    /// The account logged in with `--user`, if any.
+    account: Option<Account>,
 }
 
 /// How many of our own messages [`Session::unconfirmed`] remembers.
@@ -337,6 +380,23 @@ impl Session {
     fn connected(&mut self) {
         self.my_id = None;
         self.in_feed = true;
+    }
+
+    /// The session cookie to open every connection with, when logged in.
+    fn cookie(&self) -> Option<&str> {
+        self.account.as_ref().map(|account| account.cookie.as_str())
+    }
+
+    /// `/name NEW NAME`: says on stdout what the name is now, or on stderr why not.
+    async fn rename(&self, name: &str) {
+        let Some(account) = &self.account else {
+            eprintln!("! /name needs an account: start chat with --user NAME");
+            return;
+        };
+        match account.rename(name).await {
+            Ok(name) => say!("* your name is now {name}"),
+            Err(error) => eprintln!("! /name: {}", one_line(&error)),
+        }
     }
 
     /// The feed seq to resume after, when the server numbers its messages.
@@ -386,6 +446,13 @@ impl Session {
             self.ids.push(id.clone());
             return;
         }
+        // The finished server's profile of the account this connection speaks as.
+        if let (Some(Value::Object(me)), 1) = (frame.get("me"), frame.len()) {
+            let name = me.get("name").and_then(Value::as_str).unwrap_or("?");
+            let username = me.get("username").and_then(Value::as_str).unwrap_or("?");
+            say!("* logged in as {name} (@{username})");
+            return;
+        }
         if let Some(error) = frame.get("error") {
             let reason = error.as_str().map_or_else(|| error.to_string(), str::to_owned);
             say!("! error: {reason}");
@@ -433,7 +500,10 @@ impl Session {
         }
         let author = match author {
             Some(_) if own => "me",
-            Some(author) => short(author),
+            // An account's display name; a guest's message carries none.
+            Some(author) => {
+                frame["name"].as_str().filter(|name| !name.is_empty()).unwrap_or(short(author))
+            }
             None => "?",
         };
         let earlier = if history { "(earlier) " } else { "" };
@@ -461,6 +531,79 @@ impl Session {
             None => "some messages you missed are not shown".into(),
         })
     }
+}
+
+/// The password for `--user`: from [`PASSWORD_VARIABLE`] if set, else typed on the terminal
+/// without echo.
+fn password_for(user: &str) -> Result<String> {
+    if let Ok(password) = std::env::var(PASSWORD_VARIABLE) {
+        return Ok(password);
+    }
+    rpassword::prompt_password(format!("password for {user}: ")).with_context(|| {
+        format!("could not read the password from the terminal (or set {PASSWORD_VARIABLE})")
+    })
+}
+
+/// An account of the finished server that this client logged in to: where its HTTP API is,
+/// and the session cookie that every connection and API call carries.
+struct Account {
+    /// `HOST:PORT` of the ws:// address: the API is on the same server.
+    authority: String,
+    /// `chatterbox_session=...`, as the `Cookie` header sends it.
+    cookie: String,
+}
+
+impl Account {
+    /// `POST /api/login`, over plain HTTP/1.1 to the host and port of `server`.
+    async fn log_in(server: &str, user: &str, password: &str) -> Result<Account> {
+        let authority = api_authority(server)?;
+        let body = json!({"username": user, "password": password}).to_string();
+        let response = http::request(&authority, "POST", "/api/login", &[], Some(&body))
+            .await
+            .with_context(|| format!("logging in as {user} failed"))?;
+        if response.status != 200 {
+            bail!("logging in as {user} failed: {}", api_error(&response));
+        }
+        let cookie = response
+            .header("set-cookie")
+            .and_then(|cookie| cookie.split(';').next())
+            .filter(|cookie| cookie.starts_with("chatterbox_session="))
+            .context("the server logged us in but sent no session cookie")?;
+        Ok(Account { authority, cookie: cookie.to_owned() })
+    }
+
+    /// `PATCH /api/me`: returns the display name the server kept.
+    async fn rename(&self, name: &str) -> Result<String> {
+        let body = json!({"name": name}).to_string();
+        let cookie = [("Cookie", self.cookie.as_str())];
+        let response =
+            http::request(&self.authority, "PATCH", "/api/me", &cookie, Some(&body)).await?;
+        if response.status != 200 {
+            bail!("{}", api_error(&response));
+        }
+        let profile: Value =
+            serde_json::from_str(&response.body).context("the profile is not JSON")?;
+        profile["name"].as_str().map(str::to_owned).context("the profile has no name")
+    }
+}
+
+/// `HOST:PORT` of a ws:// address (port 80 when it gives none). The account API is spoken in
+/// plain HTTP: a wss:// server is refused rather than sent a password in the clear.
+fn api_authority(server: &str) -> Result<String> {
+    let uri: Uri = server.parse().with_context(|| format!("{server} is not a valid address"))?;
+    if uri.scheme_str() != Some("ws") {
+        bail!("--user needs a ws:// address (this client logs in over plain HTTP), not {server}");
+    }
+    let host = uri.host().with_context(|| format!("{server} has no host"))?;
+    Ok(format!("{host}:{}", uri.port_u16().unwrap_or(80)))
+}
+
+/// The `{"error"}` text of an API answer, else its status.
+fn api_error(response: &http::Response) -> String {
+    let error = serde_json::from_str::<Value>(&response.body)
+        .ok()
+        .and_then(|body| body["error"].as_str().map(str::to_owned));
+    error.unwrap_or_else(|| format!("HTTP {}", response.status))
 }
 
 /// The line for a lesson05 notice, such as `{"channel":"random","status":"paired"}`.
