@@ -255,6 +255,49 @@ impl Page {
         Ok(())
     }
 
+    /// Replaces what the field with this id holds by `text`, typed.
+    async fn fill(&self, id: &str, text: &str) -> Result<()> {
+        let field = self.session.find(Locator::Id(id)).await?;
+        field.clear().await?;
+        field.send_keys(text).await?;
+        Ok(())
+    }
+
+    /// Opens the log-in form if it is closed, types the username and password, and clicks
+    /// `button` (`#login-submit` or `#signup`).
+    async fn account_form(&self, button: &str, username: &str, password: &str) -> Result<()> {
+        if self.eval("return document.getElementById('login').hidden;").await? == json!(true) {
+            self.click("#login-toggle").await?;
+        }
+        self.fill("login-username", username).await?;
+        self.fill("login-password", password).await?;
+        self.click(button).await
+    }
+
+    /// Waits until the socket speaks as an account (its `{"me"}` frame came), the header
+    /// shows the display name `name` and the log-in form is out of sight.
+    async fn wait_account(&self, name: &str) -> Result<()> {
+        let condition = "document.body.dataset.account
+            && document.getElementById('me-name').textContent === arguments[0]
+            && getComputedStyle(document.getElementById('login')).display === 'none'";
+        self.wait_for(condition, json!(name), &format!("logged in as {name:?}")).await
+    }
+
+    /// Waits for someone else's message with this text, shown as from `author`.
+    async fn wait_from(&self, author: &str, text: &str) -> Result<()> {
+        let condition = "[...document.querySelectorAll('#messages li.message.other')].some(li =>
+            li.querySelector('.bubble').textContent === arguments[0][1]
+            && li.querySelector('.author').textContent === arguments[0][0])";
+        let what = format!("{text:?} from {author:?}");
+        self.wait_for(condition, json!([author, text]), &what).await
+    }
+
+    /// Waits until the element with this id shows exactly `text`.
+    async fn wait_text(&self, id: &str, text: &str) -> Result<()> {
+        let condition = "document.getElementById(arguments[0][0])?.textContent === arguments[0][1]";
+        self.wait_for(condition, json!([id, text]), &format!("#{id} to say {text:?}")).await
+    }
+
     async fn eval(&self, script: &str) -> Result<Value> {
         Ok(self.session.execute(script, vec![]).await?)
     }
@@ -381,6 +424,11 @@ async fn two_pages_chat_through_lesson03() -> Result<()> {
         let expected = bob.eval(&format!("return window.chatterbox.colourFor({alice_id:?});")).await?;
         assert_eq!(colour, expected);
 
+        // Served apart from the finished server, the page has no accounts to offer.
+        for page in [alice, bob] {
+            let corner = page.eval("return document.getElementById('account').hidden;").await?;
+            assert_eq!(corner, json!(true), "account controls on a page served apart");
+        }
         alice.screenshot("lesson03-two-pages").await?;
         Ok(())
     })
@@ -391,11 +439,7 @@ async fn two_pages_chat_through_lesson03() -> Result<()> {
 async fn two_pages_chat_through_the_server() -> Result<()> {
     with_browser(|browser| async move {
         // The finished server serves the page itself, which then talks back to its own origin.
-        let server = RunningServer::start(workspace_binary("server")?, &[]).await?;
-        let alice = browser.open(&server.http_url()).await?;
-        let bob = browser.open(&server.http_url()).await?;
-        alice.id().await?;
-        bob.id().await?;
+        let (_server, alice, bob) = server_and_two_pages(&browser).await?;
 
         alice.say("hello through the server").await?;
         bob.wait_message("other", "hello through the server").await?;
@@ -937,6 +981,116 @@ async fn a_page_that_missed_more_than_the_server_replays_says_how_many() -> Resu
         assert_eq!(skipped, json!("3 messages you missed while offline are not shown."));
         assert_eq!(alice.chat_texts().await?, ["seen", "missed 4", "missed 5"]);
         alice.screenshot("resume-skipped").await?;
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts (the finished server serves the page: its session cookie is the page's own)
+
+/// The finished server (nothing on disk) and two of its pages, Alice's and Bob's, with ids.
+async fn server_and_two_pages(browser: &Browser) -> Result<(RunningServer, Page, Page)> {
+    let server = RunningServer::start(workspace_binary("server")?, &[]).await?;
+    let alice = browser.open(&server.http_url()).await?;
+    let bob = browser.open(&server.http_url()).await?;
+    alice.id().await?;
+    bob.id().await?;
+    Ok((server, alice, bob))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_signs_up_logs_out_and_logs_in() -> Result<()> {
+    with_browser(|browser| async move {
+        let (_server, alice, bob) = server_and_two_pages(&browser).await?;
+        let offered = "!document.getElementById('account').hidden
+            && !document.getElementById('login-toggle').hidden";
+        alice.wait_for(offered, Value::Null, "the log-in button").await?;
+        alice.wait_text("me-name", "guest").await?;
+
+        // Signing up logs in, and the socket is opened again as the account.
+        alice.account_form("#signup", "ada", "correct horse").await?;
+        alice.wait_account("ada").await?;
+        alice.say("hello as ada").await?;
+        bob.wait_from("ada", "hello as ada").await?;
+        alice.wait_message("own", "hello as ada").await?;
+
+        // Logging out: a guest again, with a fresh id, and no name on its messages.
+        alice.click("#logout").await?;
+        let guest = "!document.body.dataset.account && document.body.dataset.id
+            && !document.getElementById('login-toggle').hidden
+            && document.getElementById('logout').hidden";
+        alice.wait_for(guest, Value::Null, "a guest again").await?;
+        alice.wait_text("me-name", "guest").await?;
+        let guest_id = alice.id().await?;
+        alice.say("hello as a guest").await?;
+        bob.wait_from(&guest_id[..8], "hello as a guest").await?;
+
+        // A wrong password: the server's error, as text, and still a guest.
+        alice.account_form("#login-submit", "ada", "not the password").await?;
+        alice.wait_text("login-error", "wrong username or password").await?;
+        assert_eq!(alice.eval("return document.body.dataset.account ?? null;").await?, Value::Null);
+        // The right one logs in.
+        alice.account_form("#login-submit", "ada", "correct horse").await?;
+        alice.wait_account("ada").await?;
+        alice.wait_text("login-error", "").await?;
+        alice.say("ada is back").await?;
+        bob.wait_from("ada", "ada is back").await?;
+        alice.screenshot("account-logged-in").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_display_name_is_text_and_a_rename_reaches_the_next_message() -> Result<()> {
+    with_browser(|browser| async move {
+        let (_server, alice, bob) = server_and_two_pages(&browser).await?;
+        alice.account_form("#signup", "grace", "correct horse").await?;
+        alice.wait_account("grace").await?;
+
+        // Markup as a display name is shown as its characters, in the header and on messages.
+        let payload = "<img src=x onerror=window.pwned=1>";
+        alice.click("#profile-toggle").await?;
+        alice.fill("profile-name", payload).await?;
+        alice.click("#name-form button").await?;
+        alice.wait_text("profile-note", "Name saved.").await?;
+        alice.wait_text("me-name", payload).await?;
+        alice.say("who am i").await?;
+        bob.wait_from(payload, "who am i").await?;
+        for page in [&alice, &bob] {
+            let injected = page
+                .eval("return [document.querySelector('img') === null, window.pwned ?? null];")
+                .await?;
+            assert_eq!(injected, json!([true, null]), "the display name became markup");
+        }
+
+        // A rename reaches the next message; a name the server refuses is explained as text.
+        alice.fill("profile-name", "Grace Hopper").await?;
+        alice.click("#name-form button").await?;
+        alice.wait_text("me-name", "Grace Hopper").await?;
+        alice.say("renamed").await?;
+        bob.wait_from("Grace Hopper", "renamed").await?;
+        alice.fill("profile-name", "   ").await?;
+        alice.click("#name-form button").await?;
+        let refused = "document.getElementById('profile-error').textContent !== ''";
+        alice.wait_for(refused, Value::Null, "the refused name's reason").await?;
+        assert_eq!(
+            alice.eval("return document.getElementById('me-name').textContent;").await?,
+            json!("Grace Hopper")
+        );
+
+        // The password: the current one must be right.
+        alice.fill("password-current", "wrong horse").await?;
+        alice.fill("password-new", "a new password").await?;
+        alice.click("#password-form button").await?;
+        alice.wait_text("profile-error", "the current password is wrong").await?;
+        alice.fill("password-current", "correct horse").await?;
+        alice.fill("password-new", "a new password").await?;
+        alice.click("#password-form button").await?;
+        alice.wait_text("profile-note", "Password changed.").await?;
+        alice.wait_text("profile-error", "").await?;
+        bob.screenshot("account-name-as-text").await?;
         Ok(())
     })
     .await

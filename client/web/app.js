@@ -197,15 +197,22 @@ function shortId(id) {
 }
 
 // One chat message as a list item. `own` decides the side; `author` may be absent (lessons
-// 01-02); `at` is when the server accepted it (the finished server), else it is now.
-function messageItem({ author, kind, body, own, at }) {
+// 01-02); `name` is an account's display name (the finished server), shown instead of the id;
+// `at` is when the server accepted it (the finished server), else it is now.
+function messageItem({ author, name, kind, body, own, at }) {
   const item = element("li", `message ${own ? "own" : "other"}`);
   if (typeof author === "string") {
     item.dataset.author = author;
     item.style.setProperty("--author", colourFor(author));
   }
   const meta = element("div", "meta");
-  meta.append(element("span", "author", own ? "you" : shortId(author)), timeElement(at));
+  // An account's display name when the frame carries one, else the short id. A name is typed
+  // by a person: it goes in with textContent like everything else.
+  const named = !own && typeof name === "string" && name.trim() !== "";
+  const label = own ? "you" : named ? name : shortId(author);
+  const who = element("span", named ? "author named" : "author", label);
+  if (typeof author === "string") who.title = author;
+  meta.append(who, timeElement(at));
   const bubble = element("div", kind === "emoji" ? "bubble emoji" : "bubble", body);
   item.append(meta, bubble);
   return item;
@@ -282,6 +289,7 @@ function showOffline(stateName, text) {
   state.id = null;
   state.channel = null;
   delete document.body.dataset.id;
+  delete document.body.dataset.account;
   setChannel("—");
   setStatus(stateName, text);
   updateEarlier();
@@ -315,11 +323,14 @@ function receive(text) {
 
   if (typeof frame.id === "string" && Object.keys(frame).length === 1) {
     state.id = frame.id;
+    delete document.body.dataset.account; // a guest, unless a {"me"} frame follows
     rememberId(frame.id);
     document.body.dataset.id = frame.id;
     setStatus("open", `connected as ${shortId(frame.id)}`);
     return;
   }
+  // The finished server's profile of the account this connection speaks as, right after the id.
+  if (isObject(frame.me) && Object.keys(frame).length === 1) return receiveMe(frame.me);
   if ("error" in frame) {
     const error = frame.error;
     const reason = typeof error === "string" ? error : error?.message ?? JSON.stringify(error);
@@ -349,7 +360,7 @@ function receive(text) {
   }
   const chat = chatContent(frame);
   if (!chat) return showRaw(text); // some other object: show it rather than drop it
-  receiveChat(frame, { ...chat, author: frame.author, own, at: frame.at });
+  receiveChat(frame, { ...chat, author: frame.author, name: frame.name, own, at: frame.at });
 }
 
 function isObject(value) {
@@ -495,7 +506,8 @@ function receiveEarlier({ before, messages, more }) {
       const chat = isObject(frame) ? chatContent(frame) : null;
       const seq = chat ? seqOf(frame) : null;
       if (seq === null || feed.shown.has(seq)) continue;
-      const item = messageItem({ ...chat, author: frame.author, own: state.ids.has(frame.author), at: frame.at });
+      const own = state.ids.has(frame.author);
+      const item = messageItem({ ...chat, author: frame.author, name: frame.name, own, at: frame.at });
       markSeq(item, seq);
       list.insertBefore(item, anchor); // oldest first, each right above the one we had
     }
@@ -765,9 +777,192 @@ function useDefault() {
 }
 $("server-reset").addEventListener("click", useDefault);
 
-// For the browser tests, and for the curious in the developer console.
-window.chatterbox = { parseSchedule, colourFor, state, feed };
+// ---------------------------------------------------------------------------------------------
+// Accounts: sign up, log in, log out, the display name and the password (docs/PROTOCOL.md,
+// "Accounts"). Only the finished server has them, and only when it serves this page: the
+// session cookie belongs to its origin. Served apart (`cargo run -p client`) or talking to
+// another server, the page shows none of this.
 
+const account = {
+  available: false, // GET /api/me answered 200 or 401 on our own origin
+  me: null, // the profile while logged in
+};
+
+function accountsPossible() {
+  const meta = document.querySelector('meta[name="chatterbox-default-server"]')?.content ?? "";
+  if (meta !== "same-origin" || !location.host) return false;
+  try {
+    return new URL(state.server).host === location.host;
+  } catch {
+    return false;
+  }
+}
+
+// One call to the account API: the JSON answer (null for 204), or an Error with the server's
+// `{"error"}` text.
+async function api(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  let answer = null;
+  if (response.status !== 204) {
+    try {
+      answer = await response.json();
+    } catch {
+      answer = null;
+    }
+  }
+  if (!response.ok) {
+    const reason = typeof answer?.error === "string" ? answer.error : `${response.status} ${response.statusText}`;
+    const error = new Error(reason);
+    error.status = response.status;
+    throw error;
+  }
+  return answer;
+}
+
+async function checkAccounts() {
+  if (!accountsPossible()) return showAccount();
+  try {
+    showMe(await api("GET", "/api/me"));
+    account.available = true;
+  } catch (error) {
+    account.available = error.status === 401; // 404: a server without accounts
+    showMe(null);
+  }
+}
+
+function isProfile(profile) {
+  return isObject(profile) && typeof profile.id === "string" && typeof profile.name === "string";
+}
+
+function showMe(profile) {
+  account.me = isProfile(profile) ? profile : null;
+  showAccount();
+}
+
+// The header's account corner: the display name (or "guest") and the buttons that fit.
+function showAccount() {
+  $("account").hidden = !account.available;
+  const me = account.me;
+  const name = $("me-name");
+  name.textContent = me ? me.name : "guest";
+  name.title = me ? `@${me.username ?? ""}` : "Not logged in: chatting as a guest";
+  if (me) delete name.dataset.guest;
+  else name.dataset.guest = "";
+  $("login-toggle").hidden = Boolean(me);
+  $("profile-toggle").hidden = !me;
+  $("logout").hidden = !me;
+  if (me) closePanel("login");
+  else closePanel("profile");
+}
+
+// The {"me"} frame: this connection speaks as that account.
+function receiveMe(profile) {
+  if (!isProfile(profile)) return showRaw(JSON.stringify({ me: profile }));
+  document.body.dataset.account = profile.id;
+  if (account.available) showMe(profile);
+  setStatus("open", `connected as ${profile.name}`);
+}
+
+// After logging in or out: a new connection, which the server gives to the account (or to a
+// new guest). It resumes after the last seq seen, so nothing on screen is shown twice.
+function reopen() {
+  clearTimeout(state.retryTimer);
+  state.attempt = 0;
+  state.wasConnected = false; // no "Reconnected." line: the user asked for it
+  const old = state.socket;
+  state.socket = null; // its close event is now ignored
+  old?.close();
+  connect();
+}
+
+function togglePanel(id, open) {
+  const panel = $(id);
+  panel.hidden = !open;
+  $(`${id}-toggle`).setAttribute("aria-expanded", String(open));
+  for (const message of panel.querySelectorAll(".form-error, .form-note")) message.textContent = "";
+}
+
+function closePanel(id) {
+  togglePanel(id, false);
+}
+
+// Runs an API call for a form: its error goes in the form's error line, as text.
+async function attempt(errorLine, call) {
+  errorLine.textContent = "";
+  for (const note of document.querySelectorAll(".form-note")) note.textContent = "";
+  try {
+    await call();
+  } catch (error) {
+    errorLine.textContent = error.message;
+  }
+}
+
+async function logIn(path) {
+  const username = $("login-username").value.trim();
+  const password = $("login-password").value;
+  await attempt($("login-error"), async () => {
+    const profile = await api("POST", path, { username, password });
+    $("login-password").value = "";
+    showMe(profile);
+    reopen();
+  });
+}
+
+$("login-toggle").addEventListener("click", () => {
+  togglePanel("login", $("login").hidden);
+  if (!$("login").hidden) $("login-username").focus();
+});
+$("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  logIn("/api/login");
+});
+$("signup").addEventListener("click", () => logIn("/api/signup"));
+
+$("logout").addEventListener("click", async () => {
+  try {
+    await api("POST", "/api/logout");
+  } catch (error) {
+    return showError(`Log out: ${error.message}`);
+  }
+  // The account's id stays among ours: what this tab said as the account is still shown as
+  // ours, and comes back in a history as the copy already on screen rather than a second one.
+  showMe(null);
+  reopen();
+});
+
+$("profile-toggle").addEventListener("click", () => {
+  togglePanel("profile", $("profile").hidden);
+  if ($("profile").hidden) return;
+  $("profile-name").value = account.me?.name ?? "";
+  $("profile-name").focus();
+});
+$("name-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  attempt($("profile-error"), async () => {
+    showMe(await api("PATCH", "/api/me", { name: $("profile-name").value }));
+    $("profile-note").textContent = "Name saved.";
+  });
+});
+$("password-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const body = { current: $("password-current").value, new: $("password-new").value };
+  attempt($("profile-error"), async () => {
+    await api("POST", "/api/me/password", body);
+    $("password-current").value = "";
+    $("password-new").value = "";
+    $("profile-note").textContent = "Password changed.";
+  });
+});
+
+// For the browser tests, and for the curious in the developer console.
+window.chatterbox = { parseSchedule, colourFor, state, feed, account };
+
+checkAccounts();
 connect();
 autosize();
 input.focus();
