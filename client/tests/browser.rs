@@ -4,7 +4,7 @@
 //! Each test starts its own chromedriver (`--port=0`: it prints the port it got) and one
 //! Chromium per page, each with a fresh profile. Every wait polls a DOM condition with a
 //! deadline; none sleeps a fixed time. Each scenario leaves a PNG in `target/screenshots/`;
-//! with `CHATTERBOX_UPDATE_SCREENSHOT=1` the random-room one is also written to
+//! with `CHATTERBOX_UPDATE_SCREENSHOT=1` the logged-in one (accounts) is also written to
 //! `docs/screenshot.png` for the README.
 //!
 //! Without Chromium and chromedriver the tests say they were skipped, and pass; with the
@@ -317,8 +317,8 @@ impl Page {
     }
 }
 
-/// The scenario whose screenshot illustrates the README.
-const DOCS_SCREENSHOT: &str = "lesson05-random-and-feed";
+/// The scenario whose screenshot illustrates the README: the finished server's page, logged in.
+const DOCS_SCREENSHOT: &str = "account-logged-in";
 
 /// target/screenshots, next to target/debug where this test runs from.
 fn screenshot_dir() -> Result<PathBuf> {
@@ -506,7 +506,7 @@ async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
         bob.wait_system("partner_left").await?;
         let channel = alice.eval("return document.getElementById('channel').textContent;").await?;
         assert_eq!(channel, json!("feed"));
-        bob.screenshot(DOCS_SCREENSHOT).await?;
+        bob.screenshot("lesson05-random-and-feed").await?;
         Ok(())
     })
     .await
@@ -1036,7 +1036,12 @@ async fn the_page_signs_up_logs_out_and_logs_in() -> Result<()> {
         alice.wait_text("login-error", "").await?;
         alice.say("ada is back").await?;
         bob.wait_from("ada", "ada is back").await?;
-        alice.screenshot("account-logged-in").await?;
+        // Another account's message shows its name on Alice's page too.
+        bob.account_form("#signup", "bob", "battery staple").await?;
+        bob.wait_account("bob").await?;
+        bob.say("welcome back, ada!").await?;
+        alice.wait_from("bob", "welcome back, ada!").await?;
+        alice.screenshot(DOCS_SCREENSHOT).await?;
         Ok(())
     })
     .await
