@@ -2,15 +2,38 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use client::{Connection, Frame, RunningServer};
 use serde_json::Value;
 
 /// Starts the server binary on a free port with the given flags.
 pub async fn start(args: &[&str]) -> Result<RunningServer> {
     RunningServer::start(env!("CARGO_BIN_EXE_server"), args).await
+}
+
+/// The server on the database at `path`, on `port` (0: a free one), with extra flags.
+pub async fn start_with(path: &Path, port: u16, args: &[&str]) -> Result<RunningServer> {
+    let database = path.to_str().context("a UTF-8 path")?;
+    let mut all = vec!["--database", database];
+    all.extend_from_slice(args);
+    RunningServer::start_on_port(env!("CARGO_BIN_EXE_server"), &all, port).await
+}
+
+/// SIGTERM, and the process must exit cleanly.
+pub async fn terminate(server: &mut RunningServer) -> Result<()> {
+    let pid = server.pid().context("no pid")?;
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    ensure!(status.success(), "kill -TERM failed");
+    let exit = server.wait_exit(Duration::from_secs(10)).await?;
+    ensure!(exit.success(), "the server exited with {exit:?}");
+    Ok(())
+}
+
+pub fn database_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("chatterbox.db")
 }
 
 /// A connection that has read its `{"id"}` frame.
