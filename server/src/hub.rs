@@ -25,6 +25,9 @@ use crate::store::{Change, Store};
 
 pub type PeerId = Uuid;
 
+/// How many of a random room's newest messages can be taken back (`{"delete": SEQ}`).
+pub const RANDOM_ROOM_KEEP: usize = 100;
+
 /// Why the hub let go of a connection; the session turns it into a close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Eviction {
@@ -72,6 +75,12 @@ struct Log {
 impl Log {
     fn new(next_seq: u64, capacity: usize) -> Log {
         Log { next_seq, recent: VecDeque::new(), capacity, complete: true }
+    }
+
+    /// A random room's: its newest messages are kept only so that their authors can take them
+    /// back; nobody is ever sent them again (a room keeps no history).
+    fn random_room() -> Log {
+        Log::new(1, RANDOM_ROOM_KEEP)
     }
 
     fn keep(&mut self, message: Arc<ChatMessage>) {
@@ -266,6 +275,10 @@ impl Hub {
         before: u64,
         limit: usize,
     ) -> Option<Vec<Arc<ChatMessage>>> {
+        if !channel.is_durable() {
+            // A random room keeps no history (what it holds is only for taking back).
+            return Some(Vec::new());
+        }
         let state = self.lock();
         let log = state.logs.get(&channel)?;
         let end = log.recent.partition_point(|message| message.seq < before);
@@ -275,6 +288,41 @@ impl Hub {
             None => return None,
         };
         Some(log.recent.range(start..end).cloned().collect())
+    }
+
+    /// `{"delete": SEQ}` from `from`, whose messages are those whose author id is `owner`:
+    /// takes message SEQ of its current channel out of the recent ones and the store, and
+    /// tells everyone in the channel (`from` included). The error is the refusal's text.
+    pub fn delete(&self, from: PeerId, owner: &str, seq: u64) -> Result<(), String> {
+        let mut state = self.lock();
+        let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else { return Ok(()) };
+        let unknown = || format!("delete: there is no message {seq} in this channel");
+        let Some(log) = state.logs.get_mut(&channel) else { return Err(unknown()) };
+        let index = log.recent.partition_point(|message| message.seq < seq);
+        match log.recent.get(index) {
+            Some(message) if message.seq == seq => {
+                if *message.author.id != *owner {
+                    return Err(format!("delete: message {seq} is not yours"));
+                }
+                log.recent.remove(index);
+            }
+            // Before everything kept here, and some were let go: it may be in the store.
+            _ if index == 0 && !log.complete && seq > 0 && seq < log.next_seq => {
+                return Err(format!(
+                    "delete: message {seq} is too old to take back (only the newest {} can be)",
+                    log.capacity
+                ));
+            }
+            _ => return Err(unknown()),
+        }
+        let frame = protocol::deleted_frame(channel.wire_name(), seq);
+        let mut evicted = Vec::new();
+        state.send_to_channel(channel, None, &frame, &mut evicted);
+        if channel.is_durable() {
+            self.store.record(Change::Deleted { channel, seq });
+        }
+        self.evict(&mut state, evicted);
+        Ok(())
     }
 
     /// `{"channel": "random"}`: pairs `id` with someone waiting alone, or opens a room for
@@ -296,7 +344,7 @@ impl Hub {
                 None => {
                     state.next_room += 1;
                     state.waiting.insert(state.next_room);
-                    state.logs.insert(Channel::Room(state.next_room), Log::new(1, 0));
+                    state.logs.insert(Channel::Room(state.next_room), Log::random_room());
                     state.next_room
                 }
             };
@@ -397,7 +445,7 @@ impl State {
         body: Body,
         late: bool,
     ) -> Arc<ChatMessage> {
-        let log = self.logs.entry(channel).or_insert_with(|| Log::new(1, 0));
+        let log = self.logs.entry(channel).or_insert_with(Log::random_room);
         let seq = log.next_seq;
         log.next_seq += 1;
         let message = Arc::new(ChatMessage::new(channel, seq, author, body, now_ms(), late));
@@ -587,5 +635,49 @@ mod tests {
         let page = hub.page(Channel::Feed, 7, 2).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6]);
         assert!(hub.page(Channel::Feed, 4, 2).is_none());
+    }
+
+    #[test]
+    fn an_author_takes_back_its_own_message_in_its_channel_and_nobody_gets_it_again() {
+        let hub = hub(10, 10);
+        let (a, a_frames) = member(&hub, Catchup::Latest);
+        let (b, b_frames) = member(&hub, Catchup::Latest);
+        hub.publish(a, Author::from("a"), Body::Text("one".into()));
+        hub.publish(b, Author::from("b"), Body::Text("two".into()));
+        frames(&a_frames);
+        frames(&b_frames);
+        assert_eq!(hub.delete(b, "b", 1), Err("delete: message 1 is not yours".into()));
+        assert_eq!(
+            hub.delete(a, "a", 9),
+            Err("delete: there is no message 9 in this channel".into())
+        );
+        assert_eq!(hub.delete(a, "a", 1), Ok(()));
+        let deleted = serde_json::json!({"deleted": {"channel": "feed", "seq": 1}});
+        assert_eq!(frames(&a_frames), std::slice::from_ref(&deleted), "the author is told too");
+        assert_eq!(frames(&b_frames), [deleted]);
+        assert!(hub.delete(a, "a", 1).is_err(), "only once");
+        let (_, newcomer) = member(&hub, Catchup::Latest);
+        assert_eq!(seqs(&frames(&newcomer)), [2]);
+        assert_eq!(hub.page(Channel::Feed, 3, 10).unwrap().len(), 1);
+        // In a random room: told as "random", to both; the feed hears nothing of it.
+        hub.join_random(a);
+        hub.join_random(b);
+        hub.publish(a, Author::from("a"), Body::Text("psst".into()));
+        frames(&a_frames);
+        frames(&b_frames);
+        assert_eq!(hub.delete(a, "a", 1), Ok(()));
+        let deleted = serde_json::json!({"deleted": {"channel": "random", "seq": 1}});
+        assert_eq!(frames(&b_frames), [deleted]);
+        assert!(hub.page(Channel::Room(1), 5, 10).unwrap().is_empty(), "no history in a room");
+    }
+
+    #[test]
+    fn a_message_older_than_those_kept_in_memory_cannot_be_taken_back() {
+        let hub = hub(2, 2);
+        let (a, _) = member(&hub, Catchup::Latest);
+        say(&hub, a, 4);
+        let refused = hub.delete(a, "a", 1).unwrap_err();
+        assert!(refused.contains("too old"), "{refused}");
+        assert_eq!(hub.delete(a, "a", 3), Ok(()));
     }
 }

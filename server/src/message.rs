@@ -28,6 +28,15 @@ impl Channel {
         matches!(self, Channel::Feed)
     }
 
+    /// Its name in frames about it (`{"deleted": {"channel": ...}}`): `feed`, or `random` for
+    /// a random room (a connection is in one room at a time, so the room needs no number).
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Channel::Feed => "feed",
+            Channel::Room(_) => "random",
+        }
+    }
+
     /// Its name in the store; only durable channels have one.
     pub fn store_key(self) -> Option<&'static str> {
         match self {

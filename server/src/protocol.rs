@@ -22,11 +22,14 @@ use crate::message::{ChatMessage, WireChat};
 pub enum Inbound<'a> {
     /// `{"channel": "random"}` or `{"channel": "feed"}`.
     Join(ChannelRequest),
-    /// A text or emoji message, to send now or after `delay`.
-    Chat { body: Body<'a>, delay: Option<Duration> },
+    /// A text or emoji message, to send now or after `delay`; `ack` (`"ack": true`): the
+    /// sender is told the seq it was given (`{"sent": {"seq": N}}`), to take it back later.
+    Chat { body: Body<'a>, delay: Option<Duration>, ack: bool },
     /// `{"history": {"before": SEQ, "limit": N}}`: the messages before SEQ in the sender's
     /// channel ("load earlier messages"); `limit` is already capped.
     History { before: u64, limit: usize },
+    /// `{"delete": SEQ}`: takes back the sender's own message SEQ in its current channel.
+    Delete(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,10 @@ struct RawFrame<'a> {
     data: Option<Object<RawData<'a>>>,
     #[serde(default)]
     history: Option<Object<RawHistory>>,
+    #[serde(default)]
+    delete: Option<u64>,
+    #[serde(default)]
+    ack: bool,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +157,9 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
             _ => refuse("channel must be \"random\" or \"feed\""),
         };
     }
+    if let Some(seq) = raw.delete {
+        return Ok(Inbound::Delete(seq));
+    }
     if let Some(Object(history)) = raw.history {
         let limit = history.limit.unwrap_or(DEFAULT_PAGE as u64).min(limits.page_max as u64);
         return Ok(Inbound::History { before: history.before, limit: limit as usize });
@@ -201,7 +211,7 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
         }
         _ => return refuse("type must be \"text\" or \"emoji\""),
     };
-    Ok(Inbound::Chat { body, delay })
+    Ok(Inbound::Chat { body, delay, ack: raw.ack })
 }
 
 /// A wire schedule such as `{"hours": 1, "seconds": "9"}`, read by `wire::schedule`.
@@ -323,6 +333,28 @@ pub fn history_page_frame(
 ) -> Frame {
     let messages = messages.iter().map(|message| message.borrow().wire(true)).collect();
     history_frame(Page { before, messages, more })
+}
+
+/// `{"sent": {"seq": N}}`: to the sender of a message that asked for it (`"ack": true`), the
+/// seq its message was given.
+pub fn sent_frame(seq: u64) -> Frame {
+    Frame::text(&format!(r#"{{"sent":{{"seq":{seq}}}}}"#))
+}
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    channel: &'a str,
+    seq: u64,
+}
+
+/// `{"deleted": {"channel": "feed" | "random", "seq": SEQ}}`: message SEQ of that channel was
+/// taken back by its author; to everyone in the channel, the author included.
+pub fn deleted_frame(channel: &str, seq: u64) -> Frame {
+    #[derive(Serialize)]
+    struct DeletedFrame<'a> {
+        deleted: Deleted<'a>,
+    }
+    Frame::json(&DeletedFrame { deleted: Deleted { channel, seq } })
 }
 
 /// The channel notices: a fixed text each.

@@ -812,6 +812,8 @@ fn write_batch(
         let mut mark =
             transaction.prepare_cached("UPDATE schedules SET firing = 1 WHERE id = ?1")?;
         let mut remove = transaction.prepare_cached("DELETE FROM schedules WHERE id = ?1")?;
+        let mut delete_message =
+            transaction.prepare_cached("DELETE FROM messages WHERE channel = ?1 AND seq = ?2")?;
         // Messages in a row are inserted together, many rows per statement.
         let mut messages: Vec<&ChatMessage> = Vec::new();
         for change in changes {
@@ -837,6 +839,10 @@ fn write_batch(
                 }
                 Change::Firing { id, .. } => {
                     mark.execute([*id as i64])?;
+                }
+                Change::Deleted { channel, seq } => {
+                    let Some(name) = channel.store_key() else { continue };
+                    delete_message.execute(params![name, *seq as i64])?;
                 }
                 Change::Delivered { id, message } => {
                     remove.execute([*id as i64])?;
@@ -934,6 +940,28 @@ mod tests {
         assert_eq!(recent[1].body, Body::Text("m3".into()));
         let page = store.page(Channel::Feed, 3, 10).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_deleted_message_stays_deleted_and_its_seq_is_not_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = open(&path);
+        store.load(10).unwrap();
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+        // In the same batch as the message it takes back, and after it was written.
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 3 });
+        assert!(store.flush(Duration::from_secs(5)));
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 1 });
+        assert!(store.close(Duration::from_secs(5)));
+        let store = open(&path);
+        let loaded = store.load(10).unwrap();
+        let (_, next, recent) = &loaded.channels[0];
+        assert_eq!(*next, 4);
+        assert_eq!(recent.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
+        assert_eq!(store.page(Channel::Feed, 4, 10).unwrap().len(), 1);
     }
 
     #[test]

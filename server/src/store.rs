@@ -43,6 +43,8 @@ pub enum Change {
     /// A schedule delivered: it is removed and its message (if its channel is durable) added,
     /// in one transaction, so that it is never both pending and delivered.
     Delivered { id: u64, message: Option<Arc<ChatMessage>> },
+    /// A message of a durable channel taken back by its author (`{"delete": SEQ}`).
+    Deleted { channel: Channel, seq: u64 },
 }
 
 /// What the server needs at start.
@@ -181,6 +183,12 @@ impl MemoryStore {
         self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn forget(&self, channel: Channel, seq: u64) {
+        if let Some(kept) = self.lock().get_mut(&channel) {
+            kept.retain(|message| message.seq != seq);
+        }
+    }
+
     fn keep(&self, message: Arc<ChatMessage>) {
         let mut channels = self.lock();
         let kept = channels.entry(message.channel).or_default();
@@ -284,6 +292,7 @@ impl Store for MemoryStore {
             Change::Firing { written, .. } => {
                 let _ = written.send(true);
             }
+            Change::Deleted { channel, seq } => self.forget(channel, seq),
             Change::Schedule(_) | Change::Delivered { message: None, .. } => {}
         }
     }
@@ -390,5 +399,7 @@ mod tests {
         assert_eq!(seqs(store.page(Channel::Feed, 9, 3).unwrap()), [6, 7, 8]);
         assert_eq!(seqs(store.page(Channel::Feed, 6, 10).unwrap()), [4, 5]);
         assert_eq!(seqs(store.page(Channel::Room(1), 6, 10).unwrap()), Vec::<u64>::new());
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 7 });
+        assert_eq!(seqs(store.page(Channel::Feed, 9, 3).unwrap()), [5, 6, 8]);
     }
 }

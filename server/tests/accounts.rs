@@ -608,3 +608,34 @@ async fn passwords_and_tokens_are_never_logged() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn one_tab_of_an_account_takes_back_what_the_other_tab_said_but_a_guest_cannot() -> Result<()>
+{
+    let server = start(&[]).await?;
+    let (cookie, profile) = account(&server, "ada").await?;
+    let mut guest = connect(&server).await?;
+    let (mut first_tab, _, _) = account_socket(&server, &cookie).await?;
+    let (mut second_tab, _, _) = account_socket(&server, &cookie).await?;
+    let mut asked = text("from tab one");
+    asked["ack"] = json!(true);
+    first_tab.send(Message::text(asked.to_string())).await?;
+    let seq = next_json(&mut first_tab).await?["sent"]["seq"].clone();
+    assert!(seq.is_u64(), "a receipt with the seq");
+    assert_eq!(next_json(&mut second_tab).await?["seq"], seq);
+    let said = recv_json(&mut guest.conn).await?;
+    assert_eq!((said["seq"].clone(), said["author"].clone()), (seq.clone(), profile["id"].clone()));
+
+    // The guest's id is not the account's: not its message.
+    guest.conn.send_json(&json!({"delete": seq})).await?;
+    let refused = recv_json(&mut guest.conn).await?;
+    assert_eq!(refused, json!({"error": format!("delete: message {seq} is not yours")}));
+
+    second_tab.send(Message::text(json!({"delete": seq}).to_string())).await?;
+    let deleted = json!({"deleted": {"channel": "feed", "seq": seq}});
+    assert_eq!(recv_json(&mut guest.conn).await?, deleted);
+    for tab in [&mut first_tab, &mut second_tab] {
+        assert_eq!(next_json(tab).await?, deleted, "both tabs are told");
+    }
+    Ok(())
+}
