@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod api;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
