@@ -50,6 +50,11 @@ impl<'a> Command<'a> {
         match self.0 {
             Inbound::Join(ChannelRequest::Random) => hub.join_random(from.id),
             Inbound::Join(ChannelRequest::Feed) => hub.join_feed(from.id),
+            Inbound::Join(ChannelRequest::Named(name)) => {
+                if let Err(reason) = hub.join_named(from.id, &name) {
+                    return Reply::Frame(protocol::error_frame(&reason));
+                }
+            }
             Inbound::Chat { body, delay: None, ack } => {
                 let seq = hub.publish(from.id, from.author.clone(), owned(body));
                 if let Some(seq) = seq.filter(|_| ack) {

@@ -10,7 +10,7 @@
 //! and no duplicate: one lock for all makes both simple, and with the work this small it is
 //! not slower than finer locks.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -21,7 +21,7 @@ use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Notice};
-use crate::store::{Change, Store};
+use crate::store::{Change, Store, StoredRoom};
 
 pub type PeerId = Uuid;
 
@@ -58,6 +58,8 @@ pub struct HistoryLimits {
 struct Peer {
     outbox: Arc<Outbox>,
     channel: Channel,
+    /// Who it speaks as (its display name as it was when it connected).
+    author: Author,
     /// Fired when the hub drops this peer on its own initiative.
     evict: oneshot::Sender<Eviction>,
 }
@@ -110,7 +112,34 @@ struct State {
     waiting: BTreeSet<u64>,
     next_room: u64,
     logs: HashMap<Channel, Log>,
+    /// The named rooms, by name.
+    named: BTreeMap<String, NamedRoom>,
     closed: bool,
+}
+
+struct NamedRoom {
+    channel: Channel,
+    topic: String,
+    owner: String,
+    /// Its connections, in the order they joined (two tabs of an account: twice).
+    members: Vec<PeerId>,
+}
+
+/// A named room as `GET /api/rooms` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub topic: String,
+    /// People in it now (an account's tabs count once).
+    pub online: usize,
+}
+
+/// Why a named room was not created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomRefused {
+    Taken,
+    /// A cap; the text says which.
+    Full(String),
 }
 
 /// How many are where, for `/healthz`.
@@ -135,6 +164,7 @@ impl Hub {
         store: Arc<dyn Store>,
         limits: HistoryLimits,
         channels: Vec<(Channel, u64, Vec<ChatMessage>)>,
+        rooms: Vec<StoredRoom>,
         counters: Counters,
     ) -> Hub {
         let capacity = limits.on_join.max(limits.resume_max);
@@ -149,14 +179,18 @@ impl Hub {
             }
             logs.insert(channel, log);
         }
-        let state = State {
+        let mut state = State {
             peers: HashMap::new(),
             rooms: HashMap::new(),
             waiting: BTreeSet::new(),
             next_room: 0,
             logs,
+            named: BTreeMap::new(),
             closed: false,
         };
+        for room in rooms {
+            state.add_room(room, capacity);
+        }
         Hub { state: Mutex::new(state), store, limits, counters }
     }
 
@@ -186,6 +220,7 @@ impl Hub {
     pub fn join(
         &self,
         id: PeerId,
+        author: Author,
         outbox: Arc<Outbox>,
         evict: oneshot::Sender<Eviction>,
         catchup: Catchup,
@@ -203,7 +238,7 @@ impl Hub {
                 }
             }
         }
-        state.peers.insert(id, Peer { outbox, channel: Channel::Feed, evict });
+        state.peers.insert(id, Peer { outbox, channel: Channel::Feed, author, evict });
         true
     }
 
@@ -247,7 +282,7 @@ impl Hub {
         late: bool,
     ) {
         let mut state = self.lock();
-        if channel != Channel::Feed && !state.logs.contains_key(&channel) {
+        if !state.logs.contains_key(&channel) {
             // A room that has emptied: nobody to deliver to, and never anyone again.
             if let Some(id) = id {
                 self.store.record(Change::Delivered { id, message: None });
@@ -379,6 +414,91 @@ impl Hub {
         self.evict(&mut state, evicted);
     }
 
+    /// A new named room, if its name is free and the caps allow: `per_account` rooms of one
+    /// owner, `total` in all.
+    pub fn add_room(
+        &self,
+        room: StoredRoom,
+        per_account: usize,
+        total: usize,
+    ) -> Result<(), RoomRefused> {
+        let mut state = self.lock();
+        if state.named.contains_key(&room.name) {
+            return Err(RoomRefused::Taken);
+        }
+        if state.named.len() >= total {
+            return Err(RoomRefused::Full(format!("the server already has {total} rooms")));
+        }
+        let owned = state.named.values().filter(|kept| kept.owner == room.owner).count();
+        if owned >= per_account {
+            return Err(RoomRefused::Full(format!("you already have {per_account} rooms")));
+        }
+        state.add_room(room, self.limits.on_join.max(self.limits.resume_max));
+        Ok(())
+    }
+
+    /// Takes back a room just added (the store could not keep it); nobody can be in it yet
+    /// but a joiner as quick as the store: it is sent back to the feed.
+    pub fn remove_room(&self, name: &str) {
+        let mut state = self.lock();
+        let Some(room) = state.named.get(name) else { return };
+        let (channel, members) = (room.channel, room.members.clone());
+        for id in members {
+            if let Some(peer) = state.peers.get_mut(&id) {
+                peer.channel = Channel::Feed;
+            }
+        }
+        state.named.remove(name);
+        state.logs.remove(&channel);
+    }
+
+    /// Every named room, by name, with how many people are in it.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let state = self.lock();
+        state
+            .named
+            .iter()
+            .map(|(name, room)| RoomInfo {
+                name: name.clone(),
+                topic: room.topic.clone(),
+                online: state.people(&room.members).len(),
+            })
+            .collect()
+    }
+
+    /// `{"channel": "room", "room": NAME}`: leaves any room, enters the named room `name`,
+    /// and is sent its members and newest messages. The error is the refusal's text.
+    pub fn join_named(&self, id: PeerId, name: &str) -> Result<(), String> {
+        let mut state = self.lock();
+        let Some(channel) = state.named.get(name).map(|room| room.channel) else {
+            return Err(format!("there is no room named {name:?}"));
+        };
+        if !state.peers.contains_key(&id) {
+            return Ok(());
+        }
+        let mut evicted = Vec::new();
+        state.leave_room(id, &mut evicted);
+        if let Some(peer) = state.peers.get_mut(&id) {
+            peer.channel = channel;
+        }
+        let members = match state.named.get_mut(name) {
+            Some(room) => {
+                room.members.push(id);
+                room.members.clone()
+            }
+            None => Vec::new(),
+        };
+        let joined = protocol::room_joined_frame(name, &state.people(&members));
+        state.send_to(id, joined, &mut evicted);
+        if let Some(log) = state.logs.get(&channel) {
+            for frame in catchup_frames(log, Catchup::Latest, &self.limits) {
+                state.send_to(id, frame, &mut evicted);
+            }
+        }
+        self.evict(&mut state, evicted);
+        Ok(())
+    }
+
     pub fn census(&self) -> Census {
         let state = self.lock();
         Census {
@@ -437,6 +557,25 @@ fn simple(id: Option<PeerId>) -> String {
 }
 
 impl State {
+    fn add_room(&mut self, room: StoredRoom, capacity: usize) {
+        let channel = Channel::named(&room.name);
+        self.logs.entry(channel).or_insert_with(|| Log::new(1, capacity));
+        let named =
+            NamedRoom { channel, topic: room.topic, owner: room.owner, members: Vec::new() };
+        self.named.insert(room.name, named);
+    }
+
+    /// The distinct authors among `members`, in the order they joined.
+    fn people(&self, members: &[PeerId]) -> Vec<&Author> {
+        let mut seen = HashSet::new();
+        members
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .map(|peer| &peer.author)
+            .filter(|author| seen.insert(author.id.clone()))
+            .collect()
+    }
+
     /// Gives a message its seq in `channel` and keeps it among the recent ones.
     fn stamp(
         &mut self,
@@ -471,6 +610,17 @@ impl State {
                     }
                 }
             }
+            Channel::Named(key) => {
+                let name = &key["room:".len()..];
+                for &id in self.named.get(name).map(|room| &room.members).into_iter().flatten() {
+                    if Some(id) != skip
+                        && let Some(peer) = self.peers.get(&id)
+                    {
+                        offer(id, peer, frame, evicted);
+                        sent += 1;
+                    }
+                }
+            }
             Channel::Room(room) => {
                 for &id in self.rooms.get(&room).into_iter().flatten() {
                     if Some(id) != skip
@@ -493,8 +643,15 @@ impl State {
 
     /// Takes `id` out of any room; a partner left behind is told and waits for the next seeker.
     fn leave_room(&mut self, id: PeerId, evicted: &mut Vec<PeerId>) {
-        let Some(Channel::Room(room)) = self.peers.get(&id).map(|peer| peer.channel) else {
-            return;
+        let room = match self.peers.get(&id).map(|peer| peer.channel) {
+            Some(Channel::Room(room)) => room,
+            Some(named @ Channel::Named(_)) => {
+                if let Some(room) = self.named.get_mut(named.wire_name()) {
+                    room.members.retain(|member| *member != id);
+                }
+                return;
+            }
+            _ => return,
         };
         let Some(members) = self.rooms.get_mut(&room) else { return };
         members.retain(|member| *member != id);
@@ -550,7 +707,8 @@ mod tests {
 
     fn hub(on_join: usize, resume_max: usize) -> Hub {
         let store = Arc::new(MemoryStore::new(100));
-        Hub::new(store, HistoryLimits { on_join, resume_max }, Vec::new(), Counters::default())
+        let limits = HistoryLimits { on_join, resume_max };
+        Hub::new(store, limits, Vec::new(), Vec::new(), Counters::default())
     }
 
     /// A member joined with `catchup`, and its queue.
@@ -558,7 +716,7 @@ mod tests {
         let id = Uuid::new_v4();
         let outbox = Arc::new(Outbox::new(1000));
         let (evict, _) = oneshot::channel();
-        assert!(hub.join(id, outbox.clone(), evict, catchup));
+        assert!(hub.join(id, Author::from("x"), outbox.clone(), evict, catchup));
         (id, outbox)
     }
 
@@ -679,5 +837,41 @@ mod tests {
         let refused = hub.delete(a, "a", 1).unwrap_err();
         assert!(refused.contains("too old"), "{refused}");
         assert_eq!(hub.delete(a, "a", 3), Ok(()));
+    }
+
+    fn room(name: &str, owner: &str) -> StoredRoom {
+        StoredRoom { name: name.into(), topic: String::new(), owner: owner.into(), created_ms: 0 }
+    }
+
+    #[test]
+    fn named_rooms_keep_their_caps_count_an_account_once_and_keep_their_messages() {
+        let hub = hub(10, 10);
+        assert_eq!(hub.add_room(room("a", "ada"), 2, 3), Ok(()));
+        assert_eq!(hub.add_room(room("a", "bob"), 2, 3), Err(RoomRefused::Taken));
+        assert_eq!(hub.add_room(room("b", "ada"), 2, 3), Ok(()));
+        assert!(matches!(hub.add_room(room("c", "ada"), 2, 3), Err(RoomRefused::Full(_))));
+        assert_eq!(hub.add_room(room("c", "bob"), 2, 3), Ok(()));
+        assert!(matches!(hub.add_room(room("d", "bob"), 2, 3), Err(RoomRefused::Full(_))));
+
+        let (tab1, tab1_frames) = member(&hub, Catchup::Latest);
+        let (tab2, _) = member(&hub, Catchup::Latest);
+        let (feed, feed_frames) = member(&hub, Catchup::Latest);
+        assert!(hub.join_named(tab1, "zzz").is_err());
+        hub.join_named(tab1, "a").unwrap();
+        hub.join_named(tab2, "a").unwrap();
+        // `member` joins everyone as the author "x": two tabs of one account.
+        let joined = frames(&tab1_frames);
+        assert_eq!(joined[0]["members"], serde_json::json!([{"id": "x"}]));
+        assert_eq!(hub.rooms()[0], RoomInfo { name: "a".into(), topic: "".into(), online: 1 });
+        say(&hub, tab2, 2);
+        assert_eq!(seqs(&frames(&tab1_frames)), [1, 2]);
+        assert!(frames(&feed_frames).is_empty(), "the feed hears nothing of a room");
+        assert_eq!(hub.channel_of(tab1), Some(Channel::named("a")));
+        hub.join_feed(tab1);
+        hub.leave(tab2);
+        assert_eq!(hub.rooms()[0].online, 0);
+        hub.join_named(feed, "a").unwrap();
+        let history = frames(&feed_frames);
+        assert_eq!(seqs(&history[1..]), [1, 2]);
     }
 }

@@ -20,8 +20,8 @@ use crate::message::{ChatMessage, WireChat};
 /// A frame a client sent, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    /// `{"channel": "random"}` or `{"channel": "feed"}`.
-    Join(ChannelRequest),
+    /// `{"channel": "random"}`, `{"channel": "feed"}` or `{"channel": "room", "room": NAME}`.
+    Join(ChannelRequest<'a>),
     /// A text or emoji message, to send now or after `delay`; `ack` (`"ack": true`): the
     /// sender is told the seq it was given (`{"sent": {"seq": N}}`), to take it back later.
     Chat { body: Body<'a>, delay: Option<Duration>, ack: bool },
@@ -32,10 +32,12 @@ pub enum Inbound<'a> {
     Delete(u64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelRequest {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRequest<'a> {
     Feed,
     Random,
+    /// A named room.
+    Named(Cow<'a, str>),
 }
 
 /// What a chat message says. Only this is relayed; everything else a client sent is not.
@@ -65,6 +67,8 @@ fn refuse<T>(reason: impl Into<String>) -> Result<T, FrameError> {
 struct RawFrame<'a> {
     #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -154,7 +158,11 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
         return match &*channel {
             "random" => Ok(Inbound::Join(ChannelRequest::Random)),
             "feed" => Ok(Inbound::Join(ChannelRequest::Feed)),
-            _ => refuse("channel must be \"random\" or \"feed\""),
+            "room" => match raw.room {
+                Some(name) => Ok(Inbound::Join(ChannelRequest::Named(name))),
+                None => refuse("\"channel\": \"room\" needs \"room\": NAME"),
+            },
+            _ => refuse("channel must be \"random\", \"feed\" or \"room\""),
         };
     }
     if let Some(seq) = raw.delete {
@@ -355,6 +363,28 @@ pub fn deleted_frame(channel: &str, seq: u64) -> Frame {
         deleted: Deleted<'a>,
     }
     Frame::json(&DeletedFrame { deleted: Deleted { channel, seq } })
+}
+
+/// `{"channel": "room", "room": NAME, "status": "joined", "members": [{"id", "name"?}, ...]}`:
+/// to a connection that entered a named room; every person in it once (itself included), in
+/// the order they came, `name` only for an account.
+pub fn room_joined_frame(room: &str, members: &[&crate::message::Author]) -> Frame {
+    #[derive(Serialize)]
+    struct Member<'a> {
+        id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        channel: &'static str,
+        room: &'a str,
+        status: &'static str,
+        members: Vec<Member<'a>>,
+    }
+    let members =
+        members.iter().map(|author| Member { id: &author.id, name: author.name.as_deref() });
+    Frame::json(&Joined { channel: "room", room, status: "joined", members: members.collect() })
 }
 
 /// The channel notices: a fixed text each.

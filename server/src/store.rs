@@ -81,6 +81,17 @@ pub struct StoredAccount {
     pub password_hash: String,
 }
 
+/// A named room as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// 1–32 of `a-z 0-9 -`; unique.
+    pub name: String,
+    pub topic: String,
+    /// The id of the account that created it.
+    pub owner: String,
+    pub created_ms: i64,
+}
+
 /// Why an account could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateAccountError {
@@ -125,6 +136,12 @@ pub trait AccountStore: Send + Sync {
     ) -> anyhow::Result<Option<StoredAccount>>;
 
     fn delete_session(&self, token_hash: &[u8; 32]) -> anyhow::Result<()>;
+
+    /// Keeps a new named room; `Taken` when one has its name.
+    fn create_room(&self, room: &StoredRoom) -> Result<(), CreateAccountError>;
+
+    /// Every named room, oldest first.
+    fn rooms(&self) -> anyhow::Result<Vec<StoredRoom>>;
 }
 
 /// The store, whichever it is.
@@ -166,6 +183,7 @@ struct MemoryAccounts {
     accounts: HashMap<String, StoredAccount>,
     /// Token hash → (account id, last used).
     sessions: HashMap<[u8; 32], (String, i64)>,
+    rooms: Vec<StoredRoom>,
 }
 
 impl MemoryAccounts {
@@ -277,6 +295,19 @@ impl AccountStore for MemoryStore {
         self.accounts().sessions.remove(token_hash);
         Ok(())
     }
+
+    fn create_room(&self, room: &StoredRoom) -> Result<(), CreateAccountError> {
+        let mut accounts = self.accounts();
+        if accounts.rooms.iter().any(|kept| kept.name == room.name) {
+            return Err(CreateAccountError::Taken);
+        }
+        accounts.rooms.push(room.clone());
+        Ok(())
+    }
+
+    fn rooms(&self) -> anyhow::Result<Vec<StoredRoom>> {
+        Ok(self.accounts().rooms.clone())
+    }
 }
 
 impl Store for MemoryStore {
@@ -367,6 +398,11 @@ pub(crate) fn check_account_store(store: &dyn AccountStore) {
     assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_some(), "kept");
     store.delete_session(&third).unwrap();
     assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_none());
+
+    let room = StoredRoom { name: "rust".into(), topic: "t".into(), owner: ada.id, created_ms: 1 };
+    store.create_room(&room).unwrap();
+    assert!(matches!(store.create_room(&room), Err(CreateAccountError::Taken)));
+    assert_eq!(store.rooms().unwrap(), [room]);
 }
 
 #[cfg(test)]

@@ -72,6 +72,10 @@ fn good_frames() {
             Inbound::Chat { body: Body::Emoji(Cow::Borrowed("😋")), delay: None, ack: true },
         ),
         (r#"{"delete":42}"#, Inbound::Delete(42)),
+        (
+            r#"{"channel":"room","room":"rust"}"#,
+            Inbound::Join(ChannelRequest::Named(Cow::Borrowed("rust"))),
+        ),
         (r#"{"channel":"feed","delete":42}"#, Inbound::Join(ChannelRequest::Feed)),
     ];
     for (frame, expected) in table {
@@ -107,7 +111,7 @@ fn bad_frames() {
         (&deep_schedule, "recursion limit"),
         ("{}", "a message needs \"type\""),
         (r#"{"author":"x"}"#, "a message needs \"type\""),
-        (r#"{"channel":"lobby"}"#, "channel must be \"random\" or \"feed\""),
+        (r#"{"channel":"lobby"}"#, "channel must be \"random\", \"feed\" or \"room\""),
         (r#"{"channel":7}"#, "bad message"),
         (r#"{"channel":null}"#, "a message needs \"type\""),
         (r#"{"type":"image","data":{"url":"x"}}"#, "type must be \"text\" or \"emoji\""),
