@@ -78,6 +78,9 @@ impl<'a> Command<'a> {
                 }
             }
             Inbound::History { before, limit } => return page(from, before, limit),
+            Inbound::Typing(true) => hub.typing(from.id),
+            Inbound::Typing(false) => {}
+            Inbound::Who => return Reply::Frame(hub.who(from.id)),
             Inbound::Delete(seq) => {
                 if let Err(reason) = hub.delete(from.id, &from.author.id, seq) {
                     return Reply::Frame(protocol::error_frame(&reason));

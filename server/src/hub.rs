@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -114,8 +115,13 @@ struct State {
     logs: HashMap<Channel, Log>,
     /// The named rooms, by name.
     named: BTreeMap<String, NamedRoom>,
+    /// When each author's typing was last relayed (pruned as it grows).
+    typing: HashMap<Arc<str>, Instant>,
     closed: bool,
 }
+
+/// A person's `{"typing"}` is relayed at most this often.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 struct NamedRoom {
     channel: Channel,
@@ -186,6 +192,7 @@ impl Hub {
             next_room: 0,
             logs,
             named: BTreeMap::new(),
+            typing: HashMap::new(),
             closed: false,
         };
         for room in rooms {
@@ -398,6 +405,18 @@ impl Hub {
             for member in members.into_iter().flatten() {
                 state.send_to(member, notice.frame(), &mut evicted);
             }
+            if let [Some(first), Some(second)] = members {
+                // Each is told who the other is (unless both are tabs of one account).
+                for (to, about) in [(first, second), (second, first)] {
+                    let Some(about) = state.peers.get(&about).map(|peer| peer.author.clone())
+                    else {
+                        continue;
+                    };
+                    if state.peers.get(&to).is_some_and(|peer| peer.author.id != about.id) {
+                        state.send_to(to, protocol::presence_frame(true, &about), &mut evicted);
+                    }
+                }
+            }
         }
         self.evict(state, evicted);
     }
@@ -473,23 +492,30 @@ impl Hub {
         let Some(channel) = state.named.get(name).map(|room| room.channel) else {
             return Err(format!("there is no room named {name:?}"));
         };
-        if !state.peers.contains_key(&id) {
-            return Ok(());
-        }
+        let Some(peer) = state.peers.get(&id) else { return Ok(()) };
+        let (already, author) = (peer.channel == channel, peer.author.clone());
         let mut evicted = Vec::new();
-        state.leave_room(id, &mut evicted);
-        if let Some(peer) = state.peers.get_mut(&id) {
-            peer.channel = channel;
-        }
-        let members = match state.named.get_mut(name) {
-            Some(room) => {
-                room.members.push(id);
-                room.members.clone()
+        if !already {
+            state.leave_room(id, &mut evicted);
+            if let Some(peer) = state.peers.get_mut(&id) {
+                peer.channel = channel;
             }
-            None => Vec::new(),
-        };
+            if let Some(room) = state.named.get_mut(name) {
+                room.members.push(id);
+            }
+            if !state.present(channel, &author.id, id) {
+                let frame = protocol::presence_frame(true, &author);
+                state.send_to_others(channel, &author.id, &frame, &mut evicted);
+            }
+        }
+        let members = state.members_of(channel).to_vec();
         let joined = protocol::room_joined_frame(name, &state.people(&members));
         state.send_to(id, joined, &mut evicted);
+        if already {
+            // Told again where it is; its history it has.
+            self.evict(&mut state, evicted);
+            return Ok(());
+        }
         if let Some(log) = state.logs.get(&channel) {
             for frame in catchup_frames(log, Catchup::Latest, &self.limits) {
                 state.send_to(id, frame, &mut evicted);
@@ -497,6 +523,45 @@ impl Hub {
         }
         self.evict(&mut state, evicted);
         Ok(())
+    }
+
+    /// `{"typing": true}`: tells the others in `id`'s room (named or random; never the feed)
+    /// that its author is typing, at most once per [`TYPING_EVERY`] per author.
+    pub fn typing(&self, id: PeerId) {
+        let mut state = self.lock();
+        let Some(peer) = state.peers.get(&id) else { return };
+        let (channel, author) = (peer.channel, peer.author.clone());
+        if channel == Channel::Feed {
+            return;
+        }
+        let now = Instant::now();
+        if state.typing.get(&author.id).is_some_and(|last| now - *last < TYPING_EVERY) {
+            return;
+        }
+        if state.typing.len() >= 4096 {
+            state.typing.retain(|_, last| now - *last < TYPING_EVERY);
+        }
+        state.typing.insert(author.id.clone(), now);
+        let mut evicted = Vec::new();
+        state.send_to_others(channel, &author.id, &protocol::typing_frame(&author), &mut evicted);
+        self.evict(&mut state, evicted);
+    }
+
+    /// `{"who": true}`: who is in `id`'s channel, the feed included (each person once).
+    pub fn who(&self, id: PeerId) -> Frame {
+        let state = self.lock();
+        let members: Vec<PeerId> = match state.peers.get(&id).map(|peer| peer.channel) {
+            Some(Channel::Feed) => state
+                .peers
+                .iter()
+                .filter(|(_, peer)| peer.channel == Channel::Feed)
+                .map(|(&id, _)| id)
+                .collect(),
+            Some(channel) => state.members_of(channel).to_vec(),
+            None => Vec::new(),
+        };
+        let people = state.people(&members);
+        protocol::who_frame(people.len(), &people)
     }
 
     pub fn census(&self) -> Census {
@@ -515,6 +580,9 @@ impl Hub {
         // Nobody is told "partner_left" on the way out: everyone is leaving.
         state.rooms.clear();
         state.waiting.clear();
+        for room in state.named.values_mut() {
+            room.members.clear();
+        }
         let everyone: Vec<PeerId> = state.peers.keys().copied().collect();
         state.evict_all(everyone, Eviction::ShuttingDown);
     }
@@ -563,6 +631,42 @@ impl State {
         let named =
             NamedRoom { channel, topic: room.topic, owner: room.owner, members: Vec::new() };
         self.named.insert(room.name, named);
+    }
+
+    /// The connections in a named or random room (none for the feed: it is not listed).
+    fn members_of(&self, channel: Channel) -> &[PeerId] {
+        match channel {
+            Channel::Named(_) => {
+                self.named.get(channel.wire_name()).map_or(&[], |room| room.members.as_slice())
+            }
+            Channel::Room(room) => self.rooms.get(&room).map_or(&[], Vec::as_slice),
+            Channel::Feed => &[],
+        }
+    }
+
+    /// Whether `author` has a connection other than `except` in `channel` (a room).
+    fn present(&self, channel: Channel, author: &str, except: PeerId) -> bool {
+        self.members_of(channel).iter().any(|&member| {
+            member != except
+                && self.peers.get(&member).is_some_and(|peer| *peer.author.id == *author)
+        })
+    }
+
+    /// Queues `frame` for everyone in a room whose author is not `author`.
+    fn send_to_others(
+        &self,
+        channel: Channel,
+        author: &str,
+        frame: &Frame,
+        evicted: &mut Vec<PeerId>,
+    ) {
+        for &member in self.members_of(channel) {
+            if let Some(peer) = self.peers.get(&member)
+                && *peer.author.id != *author
+            {
+                offer(member, peer, frame, evicted);
+            }
+        }
     }
 
     /// The distinct authors among `members`, in the order they joined.
@@ -643,15 +747,22 @@ impl State {
 
     /// Takes `id` out of any room; a partner left behind is told and waits for the next seeker.
     fn leave_room(&mut self, id: PeerId, evicted: &mut Vec<PeerId>) {
-        let room = match self.peers.get(&id).map(|peer| peer.channel) {
-            Some(Channel::Room(room)) => room,
-            Some(named @ Channel::Named(_)) => {
-                if let Some(room) = self.named.get_mut(named.wire_name()) {
+        let Some(peer) = self.peers.get(&id) else { return };
+        let (channel, author) = (peer.channel, peer.author.clone());
+        if !self.present(channel, &author.id, id) {
+            // Its author's last connection here: the others are told it left.
+            let frame = protocol::presence_frame(false, &author);
+            self.send_to_others(channel, &author.id, &frame, evicted);
+        }
+        let room = match channel {
+            Channel::Room(room) => room,
+            Channel::Named(_) => {
+                if let Some(room) = self.named.get_mut(channel.wire_name()) {
                     room.members.retain(|member| *member != id);
                 }
                 return;
             }
-            _ => return,
+            Channel::Feed => return,
         };
         let Some(members) = self.rooms.get_mut(&room) else { return };
         members.retain(|member| *member != id);
@@ -873,5 +984,37 @@ mod tests {
         hub.join_named(feed, "a").unwrap();
         let history = frames(&feed_frames);
         assert_eq!(seqs(&history[1..]), [1, 2]);
+    }
+
+    #[test]
+    fn presence_and_typing_go_to_the_others_in_a_room_once_per_person() {
+        let hub = hub(0, 0);
+        hub.add_room(room("a", "o"), 1, 1).unwrap();
+        let (first, first_frames) = member(&hub, Catchup::Latest);
+        let bob = Uuid::new_v4();
+        let bob_frames = Arc::new(Outbox::new(100));
+        let (evict, _) = oneshot::channel();
+        assert!(hub.join(bob, Author::from("bob"), bob_frames.clone(), evict, Catchup::Latest));
+        let (second, _) = member(&hub, Catchup::Latest);
+        hub.join_named(bob, "a").unwrap();
+        hub.join_named(first, "a").unwrap();
+        hub.join_named(second, "a").unwrap();
+        let joined = serde_json::json!({"presence": {"joined": {"id": "x"}}});
+        assert_eq!(frames(&bob_frames)[1..], [joined], "x's second tab is not news");
+        assert_eq!(frames(&first_frames).len(), 1, "only its joined frame");
+        hub.typing(first);
+        hub.typing(second);
+        hub.typing(first);
+        assert_eq!(frames(&bob_frames), [serde_json::json!({"typing": {"id": "x"}})]);
+        assert!(frames(&first_frames).is_empty(), "not to the typist's own tabs");
+        let who = hub.who(bob);
+        assert_eq!(who.payload(), r#"{"who":{"count":2,"members":[{"id":"bob"},{"id":"x"}]}}"#);
+        hub.leave(first);
+        assert!(frames(&bob_frames).is_empty());
+        hub.join_feed(second);
+        let left = serde_json::json!({"presence": {"left": {"id": "x"}}});
+        assert_eq!(frames(&bob_frames), [left]);
+        hub.typing(second);
+        assert!(frames(&bob_frames).is_empty(), "typing in the feed goes nowhere");
     }
 }

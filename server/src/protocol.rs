@@ -15,7 +15,7 @@ use serde_json::Value;
 use wire::schedule::{self, Schedule};
 
 use crate::config::Limits;
-use crate::message::{ChatMessage, WireChat};
+use crate::message::{Author, ChatMessage, WireChat};
 
 /// A frame a client sent, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,10 @@ pub enum Inbound<'a> {
     History { before: u64, limit: usize },
     /// `{"delete": SEQ}`: takes back the sender's own message SEQ in its current channel.
     Delete(u64),
+    /// `{"typing": true}` (`false`: nothing is sent).
+    Typing(bool),
+    /// `{"who": true}`: who is in the sender's channel.
+    Who,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +83,10 @@ struct RawFrame<'a> {
     delete: Option<u64>,
     #[serde(default)]
     ack: bool,
+    #[serde(default)]
+    typing: Option<bool>,
+    #[serde(default)]
+    who: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +175,12 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
     }
     if let Some(seq) = raw.delete {
         return Ok(Inbound::Delete(seq));
+    }
+    if let Some(typing) = raw.typing {
+        return Ok(Inbound::Typing(typing));
+    }
+    if raw.who.is_some() {
+        return Ok(Inbound::Who);
     }
     if let Some(Object(history)) = raw.history {
         let limit = history.limit.unwrap_or(DEFAULT_PAGE as u64).min(limits.page_max as u64);
@@ -365,16 +379,24 @@ pub fn deleted_frame(channel: &str, seq: u64) -> Frame {
     Frame::json(&DeletedFrame { deleted: Deleted { channel, seq } })
 }
 
+/// A person as frames about people show them: `{"id", "name"?}` (`name` only for an account).
+#[derive(Serialize)]
+struct Member<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> Member<'a> {
+    fn of(author: &'a Author) -> Member<'a> {
+        Member { id: &author.id, name: author.name.as_deref() }
+    }
+}
+
 /// `{"channel": "room", "room": NAME, "status": "joined", "members": [{"id", "name"?}, ...]}`:
 /// to a connection that entered a named room; every person in it once (itself included), in
-/// the order they came, `name` only for an account.
-pub fn room_joined_frame(room: &str, members: &[&crate::message::Author]) -> Frame {
-    #[derive(Serialize)]
-    struct Member<'a> {
-        id: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        name: Option<&'a str>,
-    }
+/// the order they came.
+pub fn room_joined_frame(room: &str, members: &[&Author]) -> Frame {
     #[derive(Serialize)]
     struct Joined<'a> {
         channel: &'static str,
@@ -382,10 +404,54 @@ pub fn room_joined_frame(room: &str, members: &[&crate::message::Author]) -> Fra
         status: &'static str,
         members: Vec<Member<'a>>,
     }
-    let members =
-        members.iter().map(|author| Member { id: &author.id, name: author.name.as_deref() });
-    Frame::json(&Joined { channel: "room", room, status: "joined", members: members.collect() })
+    let members = members.iter().map(|author| Member::of(author)).collect();
+    Frame::json(&Joined { channel: "room", room, status: "joined", members })
 }
+
+/// `{"presence": {"joined": {"id", "name"?}}}` or `{"presence": {"left": ...}}`.
+pub fn presence_frame(joined: bool, who: &Author) -> Frame {
+    #[derive(Serialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Presence<'a> {
+        Joined(Member<'a>),
+        Left(Member<'a>),
+    }
+    #[derive(Serialize)]
+    struct PresenceFrame<'a> {
+        presence: Presence<'a>,
+    }
+    let member = Member::of(who);
+    let presence = if joined { Presence::Joined(member) } else { Presence::Left(member) };
+    Frame::json(&PresenceFrame { presence })
+}
+
+/// `{"typing": {"id", "name"?}}`.
+pub fn typing_frame(who: &Author) -> Frame {
+    #[derive(Serialize)]
+    struct Typing<'a> {
+        typing: Member<'a>,
+    }
+    Frame::json(&Typing { typing: Member::of(who) })
+}
+
+/// `{"who": {"count": N, "members": [{"id", "name"?}, ...]}}`: `members` holds the first
+/// [`WHO_MAX`] of the `count`.
+pub fn who_frame(count: usize, members: &[&Author]) -> Frame {
+    #[derive(Serialize)]
+    struct Who<'a> {
+        count: usize,
+        members: Vec<Member<'a>>,
+    }
+    #[derive(Serialize)]
+    struct WhoFrame<'a> {
+        who: Who<'a>,
+    }
+    let members = members.iter().take(WHO_MAX).map(|author| Member::of(author)).collect();
+    Frame::json(&WhoFrame { who: Who { count, members } })
+}
+
+/// People listed in a `{"who"}` answer at most.
+pub const WHO_MAX: usize = 100;
 
 /// The channel notices: a fixed text each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ mod common;
 use anyhow::Result;
 use client::Connection;
 use client::message::{join, text};
-use common::{connect, database_in, recv_error, recv_json, start, start_with, terminate};
+use common::{connect, database_in, pair, recv_error, recv_json, start, start_with, terminate};
 use serde_json::{Value, json};
 
 /// Sends `line` asking for its seq (`"ack": true`); returns the seq.
@@ -63,11 +63,7 @@ async fn in_a_random_room_the_partner_is_told_and_the_feed_hears_nothing() -> Re
     let mut ada = connect(&server).await?;
     let mut bob = connect(&server).await?;
     let mut feed = connect(&server).await?;
-    ada.conn.send_json(&join("random")).await?;
-    recv_json(&mut ada.conn).await?; // waiting
-    bob.conn.send_json(&join("random")).await?;
-    recv_json(&mut ada.conn).await?; // paired
-    recv_json(&mut bob.conn).await?;
+    pair(&mut ada, &mut bob).await?;
     let seq = say_with_ack(&mut ada.conn, "psst").await?;
     assert_eq!(recv_json(&mut bob.conn).await?["seq"], seq);
     ada.conn.send_json(&json!({"delete": seq})).await?;

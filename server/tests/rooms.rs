@@ -103,6 +103,7 @@ async fn a_room_has_its_members_history_and_messages_apart_from_the_feed() -> Re
     assert_eq!(rooms, json!([{"name": "rust", "topic": "", "online": 2}]));
 
     guest.conn.send_json(&text("hello ada")).await?;
+    assert_eq!(next_json(&mut ada).await?, json!({"presence": {"joined": {"id": guest.id}}}));
     let heard = next_json(&mut ada).await?;
     assert_eq!(
         (heard["data"]["text"].clone(), heard["seq"].clone()),

@@ -53,6 +53,19 @@ pub async fn connect_url(url: &str) -> Result<Client> {
     Ok(Client { conn, id })
 }
 
+/// Pairs `a` (waiting) with `b` in a random room, and reads past the notices and each one's
+/// `{"presence": {"joined"}}` about the other.
+pub async fn pair(a: &mut Client, b: &mut Client) -> Result<()> {
+    a.conn.send_json(&client::message::join("random")).await?;
+    a.conn.recv_json().await?; // waiting
+    b.conn.send_json(&client::message::join("random")).await?;
+    for conn in [&mut a.conn, &mut b.conn] {
+        conn.recv_json().await?; // paired
+        conn.recv_json().await?; // who the other is
+    }
+    Ok(())
+}
+
 /// GET `path` on the server; returns the status and the body.
 pub async fn http_get(server: &RunningServer, path: &str) -> Result<(u16, String)> {
     let response = client::http::get(server.port(), path, &[]).await?;
