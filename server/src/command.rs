@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::Server;
 use crate::connections::ClientAddress;
 use crate::frame::Frame;
-use crate::hub::PeerId;
+use crate::hub::{Catchup, PeerId};
 use crate::message::{Author, Body, ChatMessage};
 use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, ChannelRequest, FrameError, Inbound};
@@ -50,8 +50,9 @@ impl<'a> Command<'a> {
         match self.0 {
             Inbound::Join(ChannelRequest::Random) => hub.join_random(from.id),
             Inbound::Join(ChannelRequest::Feed) => hub.join_feed(from.id),
-            Inbound::Join(ChannelRequest::Named(name)) => {
-                if let Err(reason) = hub.join_named(from.id, &name) {
+            Inbound::Join(ChannelRequest::Named { name, after }) => {
+                let catchup = after.map_or(Catchup::Latest, Catchup::After);
+                if let Err(reason) = hub.join_named(from.id, &name, catchup) {
                     return Reply::Frame(protocol::error_frame(&reason));
                 }
             }

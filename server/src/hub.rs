@@ -485,9 +485,10 @@ impl Hub {
             .collect()
     }
 
-    /// `{"channel": "room", "room": NAME}`: leaves any room, enters the named room `name`,
-    /// and is sent its members and newest messages. The error is the refusal's text.
-    pub fn join_named(&self, id: PeerId, name: &str) -> Result<(), String> {
+    /// `{"channel": "room", "room": NAME, "after"?: SEQ}`: leaves any room, enters the named
+    /// room `name`, and is sent its members, then its newest messages or (`after`) what it
+    /// missed, as a newcomer to the feed or a resume is. The error is the refusal's text.
+    pub fn join_named(&self, id: PeerId, name: &str, catchup: Catchup) -> Result<(), String> {
         let mut state = self.lock();
         let Some(channel) = state.named.get(name).map(|room| room.channel) else {
             return Err(format!("there is no room named {name:?}"));
@@ -517,7 +518,7 @@ impl Hub {
             return Ok(());
         }
         if let Some(log) = state.logs.get(&channel) {
-            for frame in catchup_frames(log, Catchup::Latest, &self.limits) {
+            for frame in catchup_frames(log, catchup, &self.limits) {
                 state.send_to(id, frame, &mut evicted);
             }
         }
@@ -967,9 +968,9 @@ mod tests {
         let (tab1, tab1_frames) = member(&hub, Catchup::Latest);
         let (tab2, _) = member(&hub, Catchup::Latest);
         let (feed, feed_frames) = member(&hub, Catchup::Latest);
-        assert!(hub.join_named(tab1, "zzz").is_err());
-        hub.join_named(tab1, "a").unwrap();
-        hub.join_named(tab2, "a").unwrap();
+        assert!(hub.join_named(tab1, "zzz", Catchup::Latest).is_err());
+        hub.join_named(tab1, "a", Catchup::Latest).unwrap();
+        hub.join_named(tab2, "a", Catchup::Latest).unwrap();
         // `member` joins everyone as the author "x": two tabs of one account.
         let joined = frames(&tab1_frames);
         assert_eq!(joined[0]["members"], serde_json::json!([{"id": "x"}]));
@@ -981,7 +982,7 @@ mod tests {
         hub.join_feed(tab1);
         hub.leave(tab2);
         assert_eq!(hub.rooms()[0].online, 0);
-        hub.join_named(feed, "a").unwrap();
+        hub.join_named(feed, "a", Catchup::Latest).unwrap();
         let history = frames(&feed_frames);
         assert_eq!(seqs(&history[1..]), [1, 2]);
     }
@@ -996,9 +997,9 @@ mod tests {
         let (evict, _) = oneshot::channel();
         assert!(hub.join(bob, Author::from("bob"), bob_frames.clone(), evict, Catchup::Latest));
         let (second, _) = member(&hub, Catchup::Latest);
-        hub.join_named(bob, "a").unwrap();
-        hub.join_named(first, "a").unwrap();
-        hub.join_named(second, "a").unwrap();
+        hub.join_named(bob, "a", Catchup::Latest).unwrap();
+        hub.join_named(first, "a", Catchup::Latest).unwrap();
+        hub.join_named(second, "a", Catchup::Latest).unwrap();
         let joined = serde_json::json!({"presence": {"joined": {"id": "x"}}});
         assert_eq!(frames(&bob_frames)[1..], [joined], "x's second tab is not news");
         assert_eq!(frames(&first_frames).len(), 1, "only its joined frame");

@@ -40,8 +40,12 @@ pub enum Inbound<'a> {
 pub enum ChannelRequest<'a> {
     Feed,
     Random,
-    /// A named room.
-    Named(Cow<'a, str>),
+    /// A named room; `after`: the last seq of it the client saw (a resume, as `?after` is for
+    /// the feed).
+    Named {
+        name: Cow<'a, str>,
+        after: Option<u64>,
+    },
 }
 
 /// What a chat message says. Only this is relayed; everything else a client sent is not.
@@ -73,6 +77,8 @@ struct RawFrame<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    after: Option<u64>,
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -167,7 +173,7 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
             "random" => Ok(Inbound::Join(ChannelRequest::Random)),
             "feed" => Ok(Inbound::Join(ChannelRequest::Feed)),
             "room" => match raw.room {
-                Some(name) => Ok(Inbound::Join(ChannelRequest::Named(name))),
+                Some(name) => Ok(Inbound::Join(ChannelRequest::Named { name, after: raw.after })),
                 None => refuse("\"channel\": \"room\" needs \"room\": NAME"),
             },
             _ => refuse("channel must be \"random\", \"feed\" or \"room\""),

@@ -74,7 +74,11 @@ fn good_frames() {
         (r#"{"delete":42}"#, Inbound::Delete(42)),
         (
             r#"{"channel":"room","room":"rust"}"#,
-            Inbound::Join(ChannelRequest::Named(Cow::Borrowed("rust"))),
+            Inbound::Join(ChannelRequest::Named { name: Cow::Borrowed("rust"), after: None }),
+        ),
+        (
+            r#"{"channel":"room","room":"rust","after":7}"#,
+            Inbound::Join(ChannelRequest::Named { name: Cow::Borrowed("rust"), after: Some(7) }),
         ),
         (r#"{"channel":"feed","delete":42}"#, Inbound::Join(ChannelRequest::Feed)),
     ];

@@ -169,5 +169,13 @@ async fn rooms_and_their_messages_survive_a_restart() -> Result<()> {
     recv_json(&mut other.conn).await?;
     other.conn.send_json(&text("feed one")).await?;
     assert_eq!(recv_json(&mut feed.conn).await?["seq"], 1);
+    // Coming back to a room with the last seq seen gives what was missed, not the newest.
+    // (It has seen the feed too: no feed history comes first.)
+    let url = format!("{}?after=1", server.ws_url());
+    let mut resumed = common::connect_url(&url).await?;
+    resumed.conn.send_json(&json!({"channel": "room", "room": "rust", "after": 2})).await?;
+    assert_eq!(recv_json(&mut resumed.conn).await?["status"], "joined");
+    let missed = recv_json(&mut resumed.conn).await?;
+    assert_eq!((missed["seq"].clone(), missed["history"].clone()), (json!(3), json!(true)));
     Ok(())
 }
