@@ -52,7 +52,7 @@ impl<'a> Command<'a> {
             Inbound::Join(ChannelRequest::Feed) => hub.join_feed(from.id),
             Inbound::Join(ChannelRequest::Named { name, after }) => {
                 let catchup = after.map_or(Catchup::Latest, Catchup::After);
-                if let Err(reason) = hub.join_named(from.id, &name, catchup) {
+                if let Err(reason) = hub.join_named(from.id, from.author, &name, catchup) {
                     return Reply::Frame(protocol::error_frame(&reason));
                 }
             }
@@ -79,7 +79,7 @@ impl<'a> Command<'a> {
                 }
             }
             Inbound::History { before, limit } => return page(from, before, limit),
-            Inbound::Typing(true) => hub.typing(from.id),
+            Inbound::Typing(true) => hub.typing(from.id, from.author),
             Inbound::Typing(false) => {}
             Inbound::Who => return Reply::Frame(hub.who(from.id)),
             Inbound::Delete(seq) => {

@@ -488,13 +488,21 @@ impl Hub {
     /// `{"channel": "room", "room": NAME, "after"?: SEQ}`: leaves any room, enters the named
     /// room `name`, and is sent its members, then its newest messages or (`after`) what it
     /// missed, as a newcomer to the feed or a resume is. The error is the refusal's text.
-    pub fn join_named(&self, id: PeerId, name: &str, catchup: Catchup) -> Result<(), String> {
+    pub fn join_named(
+        &self,
+        id: PeerId,
+        author: &Author,
+        name: &str,
+        catchup: Catchup,
+    ) -> Result<(), String> {
         let mut state = self.lock();
         let Some(channel) = state.named.get(name).map(|room| room.channel) else {
             return Err(format!("there is no room named {name:?}"));
         };
-        let Some(peer) = state.peers.get(&id) else { return Ok(()) };
-        let (already, author) = (peer.channel == channel, peer.author.clone());
+        let Some(peer) = state.peers.get_mut(&id) else { return Ok(()) };
+        // Its display name as it is now (an account may have been renamed).
+        peer.author = author.clone();
+        let already = peer.channel == channel;
         let mut evicted = Vec::new();
         if !already {
             state.leave_room(id, &mut evicted);
@@ -505,7 +513,7 @@ impl Hub {
                 room.members.push(id);
             }
             if !state.present(channel, &author.id, id) {
-                let frame = protocol::presence_frame(true, &author);
+                let frame = protocol::presence_frame(true, author);
                 state.send_to_others(channel, &author.id, &frame, &mut evicted);
             }
         }
@@ -528,10 +536,11 @@ impl Hub {
 
     /// `{"typing": true}`: tells the others in `id`'s room (named or random; never the feed)
     /// that its author is typing, at most once per [`TYPING_EVERY`] per author.
-    pub fn typing(&self, id: PeerId) {
+    pub fn typing(&self, id: PeerId, author: &Author) {
         let mut state = self.lock();
-        let Some(peer) = state.peers.get(&id) else { return };
-        let (channel, author) = (peer.channel, peer.author.clone());
+        let Some(peer) = state.peers.get_mut(&id) else { return };
+        peer.author = author.clone();
+        let channel = peer.channel;
         if channel == Channel::Feed {
             return;
         }
@@ -544,7 +553,7 @@ impl Hub {
         }
         state.typing.insert(author.id.clone(), now);
         let mut evicted = Vec::new();
-        state.send_to_others(channel, &author.id, &protocol::typing_frame(&author), &mut evicted);
+        state.send_to_others(channel, &author.id, &protocol::typing_frame(author), &mut evicted);
         self.evict(&mut state, evicted);
     }
 
@@ -968,9 +977,9 @@ mod tests {
         let (tab1, tab1_frames) = member(&hub, Catchup::Latest);
         let (tab2, _) = member(&hub, Catchup::Latest);
         let (feed, feed_frames) = member(&hub, Catchup::Latest);
-        assert!(hub.join_named(tab1, "zzz", Catchup::Latest).is_err());
-        hub.join_named(tab1, "a", Catchup::Latest).unwrap();
-        hub.join_named(tab2, "a", Catchup::Latest).unwrap();
+        assert!(hub.join_named(tab1, &Author::from("x"), "zzz", Catchup::Latest).is_err());
+        hub.join_named(tab1, &Author::from("x"), "a", Catchup::Latest).unwrap();
+        hub.join_named(tab2, &Author::from("x"), "a", Catchup::Latest).unwrap();
         // `member` joins everyone as the author "x": two tabs of one account.
         let joined = frames(&tab1_frames);
         assert_eq!(joined[0]["members"], serde_json::json!([{"id": "x"}]));
@@ -982,7 +991,7 @@ mod tests {
         hub.join_feed(tab1);
         hub.leave(tab2);
         assert_eq!(hub.rooms()[0].online, 0);
-        hub.join_named(feed, "a", Catchup::Latest).unwrap();
+        hub.join_named(feed, &Author::from("x"), "a", Catchup::Latest).unwrap();
         let history = frames(&feed_frames);
         assert_eq!(seqs(&history[1..]), [1, 2]);
     }
@@ -997,15 +1006,15 @@ mod tests {
         let (evict, _) = oneshot::channel();
         assert!(hub.join(bob, Author::from("bob"), bob_frames.clone(), evict, Catchup::Latest));
         let (second, _) = member(&hub, Catchup::Latest);
-        hub.join_named(bob, "a", Catchup::Latest).unwrap();
-        hub.join_named(first, "a", Catchup::Latest).unwrap();
-        hub.join_named(second, "a", Catchup::Latest).unwrap();
+        hub.join_named(bob, &Author::from("bob"), "a", Catchup::Latest).unwrap();
+        hub.join_named(first, &Author::from("x"), "a", Catchup::Latest).unwrap();
+        hub.join_named(second, &Author::from("x"), "a", Catchup::Latest).unwrap();
         let joined = serde_json::json!({"presence": {"joined": {"id": "x"}}});
         assert_eq!(frames(&bob_frames)[1..], [joined], "x's second tab is not news");
         assert_eq!(frames(&first_frames).len(), 1, "only its joined frame");
-        hub.typing(first);
-        hub.typing(second);
-        hub.typing(first);
+        hub.typing(first, &Author::from("x"));
+        hub.typing(second, &Author::from("x"));
+        hub.typing(first, &Author::from("x"));
         assert_eq!(frames(&bob_frames), [serde_json::json!({"typing": {"id": "x"}})]);
         assert!(frames(&first_frames).is_empty(), "not to the typist's own tabs");
         let who = hub.who(bob);
@@ -1015,7 +1024,7 @@ mod tests {
         hub.join_feed(second);
         let left = serde_json::json!({"presence": {"left": {"id": "x"}}});
         assert_eq!(frames(&bob_frames), [left]);
-        hub.typing(second);
+        hub.typing(second, &Author::from("x"));
         assert!(frames(&bob_frames).is_empty(), "typing in the feed goes nowhere");
     }
 }

@@ -76,6 +76,13 @@ async fn a_room_hears_who_comes_goes_and_types_and_an_account_counts_once() -> R
     assert_eq!(who["who"]["count"], 2, "{who}"); // feed itself and ada's second tab
     recv_json(&mut tab2).await?; // joined the feed
     tab2.expect_silence(QUIET).await?;
+
+    // A rename shows in the next presence frame.
+    let rename = json!({"name": "Countess"}).to_string();
+    request(server.port(), "PATCH", "/api/me", &[("Cookie", &cookie)], Some(&rename)).await?;
+    enter(&mut tab2, "rust").await?;
+    let countess = json!({"id": profile["id"], "name": "Countess"});
+    assert_eq!(recv_json(&mut guest.conn).await?, json!({"presence": {"joined": countess}}));
     Ok(())
 }
 
