@@ -117,8 +117,15 @@ struct State {
     named: BTreeMap<String, NamedRoom>,
     /// When each author's typing was last relayed (pruned as it grows).
     typing: HashMap<Arc<str>, Instant>,
+    /// The feed's `{"who"}` answer and when it was made: counting the feed walks every
+    /// connection, so it is done at most once per [`FEED_WHO_EVERY`].
+    feed_who: Option<(Instant, Frame)>,
     closed: bool,
 }
+
+/// The feed's `{"who"}` answer is made at most this often (a flood of them from thousands of
+/// connections would otherwise walk the whole feed each time, under the lock).
+const FEED_WHO_EVERY: Duration = Duration::from_secs(1);
 
 /// A person's `{"typing"}` is relayed at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
@@ -193,6 +200,7 @@ impl Hub {
             logs,
             named: BTreeMap::new(),
             typing: HashMap::new(),
+            feed_who: None,
             closed: false,
         };
         for room in rooms {
@@ -559,14 +567,21 @@ impl Hub {
 
     /// `{"who": true}`: who is in `id`'s channel, the feed included (each person once).
     pub fn who(&self, id: PeerId) -> Frame {
-        let state = self.lock();
+        let mut state = self.lock();
         let members: Vec<PeerId> = match state.peers.get(&id).map(|peer| peer.channel) {
-            Some(Channel::Feed) => state
-                .peers
-                .iter()
-                .filter(|(_, peer)| peer.channel == Channel::Feed)
-                .map(|(&id, _)| id)
-                .collect(),
+            Some(Channel::Feed) => {
+                if let Some((made, frame)) = &state.feed_who
+                    && made.elapsed() < FEED_WHO_EVERY
+                {
+                    return frame.clone();
+                }
+                let feed = state.peers.iter().filter(|(_, peer)| peer.channel == Channel::Feed);
+                let members: Vec<PeerId> = feed.map(|(&id, _)| id).collect();
+                let people = state.people(&members);
+                let frame = protocol::who_frame(people.len(), &people);
+                state.feed_who = Some((Instant::now(), frame.clone()));
+                return frame;
+            }
             Some(channel) => state.members_of(channel).to_vec(),
             None => Vec::new(),
         };
