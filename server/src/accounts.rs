@@ -78,11 +78,42 @@ pub fn display_name(raw: &str) -> Result<String, Invalid> {
     if chars == 0 || chars > NAME_MAX_CHARS {
         return Err(Invalid("a name is 1 to 40 characters"));
     }
-    let bidi_control = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-    if name.chars().any(|c| c.is_control() || bidi_control(c)) {
+    if hides_text(name) {
         return Err(Invalid("a name may not have control or bidirectional-override characters"));
     }
     Ok(name.to_owned())
+}
+
+/// Whether `text` has control characters or bidirectional overrides or isolates.
+fn hides_text(text: &str) -> bool {
+    let bidi_control = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    text.chars().any(|c| c.is_control() || bidi_control(c))
+}
+
+/// A named room's name: 1 to 32 of `a-z 0-9 -`.
+pub fn room_name(raw: &str) -> Result<String, Invalid> {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if raw.is_empty() || raw.len() > 32 || !raw.chars().all(valid) {
+        return Err(Invalid("a room name is 1 to 32 of a-z, 0-9 and -"));
+    }
+    // A `{"deleted": {"channel": ...}}` frame names the feed, a random room or a named room.
+    if matches!(raw, "feed" | "random") {
+        return Err(Invalid("feed and random are not room names"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A room's topic: trimmed, at most 200 characters, with no control or bidirectional-override
+/// characters (empty is allowed).
+pub fn room_topic(raw: &str) -> Result<String, Invalid> {
+    let topic = raw.trim();
+    if topic.chars().count() > 200 {
+        return Err(Invalid("a topic is at most 200 characters"));
+    }
+    if hides_text(topic) {
+        return Err(Invalid("a topic may not have control or bidirectional-override characters"));
+    }
+    Ok(topic.to_owned())
 }
 
 /// A fresh account id: 32 lowercase hex digits.

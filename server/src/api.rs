@@ -23,8 +23,9 @@ use crate::Server;
 use crate::accounts::{self, Busy, Invalid, Profile, SESSION_COOKIE, Token};
 use crate::connections::ClientAddress;
 use crate::http::{Peer, client_ip};
+use crate::hub::{RoomInfo, RoomRefused};
 use crate::message::now_ms;
-use crate::store::{CreateAccountError, StoredAccount};
+use crate::store::{CreateAccountError, StoredAccount, StoredRoom};
 
 pub type Response = warp::reply::Response;
 
@@ -62,7 +63,9 @@ pub async fn handle<B: Buf>(
         ("GET", "me") => api.me().await,
         ("PATCH", "me") => api.rename().await,
         ("POST", "me/password") => api.change_password().await,
-        (_, "signup" | "login" | "logout" | "me" | "me/password") => {
+        ("GET", "rooms") => Ok(warp::reply::json(&server.hub.rooms()).into_response()),
+        ("POST", "rooms") => api.create_room().await,
+        (_, "signup" | "login" | "logout" | "me" | "me/password" | "rooms") => {
             Err(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         _ => Err(error(StatusCode::NOT_FOUND, "no such endpoint")),
@@ -226,6 +229,13 @@ struct Rename {
 }
 
 #[derive(Deserialize)]
+struct NewRoom {
+    name: String,
+    #[serde(default)]
+    topic: String,
+}
+
+#[derive(Deserialize)]
 struct PasswordChange {
     current: String,
     new: String,
@@ -359,6 +369,43 @@ impl Api<'_> {
             warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response();
         self.set_cookie(&mut response, "", 0);
         Ok(response)
+    }
+
+    /// `POST /api/rooms` `{"name", "topic"}`: `201` with the room. The hub holds the name
+    /// (and checks the caps) before the store keeps it, so that two at once cannot both have it.
+    async fn create_room(&self) -> Result<Response, ApiError> {
+        let (account, _) = self.account().await?;
+        let NewRoom { name, topic } = self.json()?;
+        let room = StoredRoom {
+            name: accounts::room_name(&name).map_err(invalid)?,
+            topic: accounts::room_topic(&topic).map_err(invalid)?,
+            owner: account.id,
+            created_ms: now_ms(),
+        };
+        let limits = &self.server.limits;
+        let hub = &self.server.hub;
+        let taken = || error(StatusCode::CONFLICT, "that room name is taken");
+        match hub.add_room(room.clone(), limits.max_rooms_per_account, limits.max_rooms) {
+            Ok(()) => {}
+            Err(RoomRefused::Taken) => return Err(taken()),
+            Err(RoomRefused::Full(reason)) => return Err(error(StatusCode::BAD_REQUEST, reason)),
+        }
+        let stored = room.clone();
+        let kept = tokio::task::spawn_blocking({
+            let store = self.server.store.clone();
+            move || store.create_room(&stored)
+        })
+        .await
+        .map_err(internal)?;
+        if let Err(refused) = kept {
+            hub.remove_room(&room.name);
+            return Err(match refused {
+                CreateAccountError::Taken => taken(),
+                CreateAccountError::Failed(error) => internal(error),
+            });
+        }
+        let info = RoomInfo { name: room.name, topic: room.topic, online: 0 };
+        Ok(warp::reply::with_status(warp::reply::json(&info), StatusCode::CREATED).into_response())
     }
 
     async fn me(&self) -> Result<Response, ApiError> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::Server;
 use crate::connections::ClientAddress;
 use crate::frame::Frame;
-use crate::hub::PeerId;
+use crate::hub::{Catchup, PeerId};
 use crate::message::{Author, Body, ChatMessage};
 use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, ChannelRequest, FrameError, Inbound};
@@ -50,10 +50,20 @@ impl<'a> Command<'a> {
         match self.0 {
             Inbound::Join(ChannelRequest::Random) => hub.join_random(from.id),
             Inbound::Join(ChannelRequest::Feed) => hub.join_feed(from.id),
-            Inbound::Chat { body, delay: None } => {
-                hub.publish(from.id, from.author.clone(), owned(body));
+            Inbound::Join(ChannelRequest::Named { name, after }) => {
+                let catchup = after.map_or(Catchup::Latest, Catchup::After);
+                if let Err(reason) = hub.join_named(from.id, from.author, &name, catchup) {
+                    return Reply::Frame(protocol::error_frame(&reason));
+                }
             }
-            Inbound::Chat { body, delay: Some(delay) } => {
+            Inbound::Chat { body, delay: None, ack } => {
+                let seq = hub.publish(from.id, from.author.clone(), owned(body));
+                if let Some(seq) = seq.filter(|_| ack) {
+                    return Reply::Frame(protocol::sent_frame(seq));
+                }
+            }
+            // A scheduled message comes back to its sender when it is delivered, with its seq.
+            Inbound::Chat { body, delay: Some(delay), .. } => {
                 // The channel it was sent in, now: that is where it will be delivered.
                 let Some(channel) = hub.channel_of(from.id) else { return Reply::None };
                 let scheduled = server.scheduler.schedule(
@@ -69,6 +79,14 @@ impl<'a> Command<'a> {
                 }
             }
             Inbound::History { before, limit } => return page(from, before, limit),
+            Inbound::Typing(true) => hub.typing(from.id, from.author),
+            Inbound::Typing(false) => {}
+            Inbound::Who => return Reply::Frame(hub.who(from.id)),
+            Inbound::Delete(seq) => {
+                if let Err(reason) = hub.delete(from.id, &from.author.id, seq) {
+                    return Reply::Frame(protocol::error_frame(&reason));
+                }
+            }
         }
         Reply::None
     }

@@ -141,6 +141,14 @@ pub struct Limits {
     #[arg(long, default_value_t = 200)]
     pub page_max: usize,
 
+    /// Named rooms in the server at most (`POST /api/rooms`).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_rooms: usize,
+
+    /// Named rooms one account may create at most.
+    #[arg(long, default_value_t = 10)]
+    pub max_rooms_per_account: usize,
+
     /// Messages kept per channel in the store; older ones are deleted in the background.
     #[arg(long, default_value_t = 10_000)]
     pub history_keep: usize,

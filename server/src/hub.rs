@@ -10,8 +10,9 @@
 //! and no duplicate: one lock for all makes both simple, and with the work this small it is
 //! not slower than finer locks.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -21,9 +22,12 @@ use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Notice};
-use crate::store::{Change, Store};
+use crate::store::{Change, Store, StoredRoom};
 
 pub type PeerId = Uuid;
+
+/// How many of a random room's newest messages can be taken back (`{"delete": SEQ}`).
+pub const RANDOM_ROOM_KEEP: usize = 100;
 
 /// Why the hub let go of a connection; the session turns it into a close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,8 @@ pub struct HistoryLimits {
 struct Peer {
     outbox: Arc<Outbox>,
     channel: Channel,
+    /// Who it speaks as (its display name as it was when it connected).
+    author: Author,
     /// Fired when the hub drops this peer on its own initiative.
     evict: oneshot::Sender<Eviction>,
 }
@@ -72,6 +78,12 @@ struct Log {
 impl Log {
     fn new(next_seq: u64, capacity: usize) -> Log {
         Log { next_seq, recent: VecDeque::new(), capacity, complete: true }
+    }
+
+    /// A random room's: its newest messages are kept only so that their authors can take them
+    /// back; nobody is ever sent them again (a room keeps no history).
+    fn random_room() -> Log {
+        Log::new(1, RANDOM_ROOM_KEEP)
     }
 
     fn keep(&mut self, message: Arc<ChatMessage>) {
@@ -101,7 +113,46 @@ struct State {
     waiting: BTreeSet<u64>,
     next_room: u64,
     logs: HashMap<Channel, Log>,
+    /// The named rooms, by name.
+    named: BTreeMap<String, NamedRoom>,
+    /// When each author's typing was last relayed (pruned as it grows).
+    typing: HashMap<Arc<str>, Instant>,
+    /// The feed's `{"who"}` answer and when it was made: counting the feed walks every
+    /// connection, so it is done at most once per [`FEED_WHO_EVERY`].
+    feed_who: Option<(Instant, Frame)>,
     closed: bool,
+}
+
+/// The feed's `{"who"}` answer is made at most this often (a flood of them from thousands of
+/// connections would otherwise walk the whole feed each time, under the lock).
+const FEED_WHO_EVERY: Duration = Duration::from_secs(1);
+
+/// A person's `{"typing"}` is relayed at most this often.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
+
+struct NamedRoom {
+    channel: Channel,
+    topic: String,
+    owner: String,
+    /// Its connections, in the order they joined (two tabs of an account: twice).
+    members: Vec<PeerId>,
+}
+
+/// A named room as `GET /api/rooms` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub topic: String,
+    /// People in it now (an account's tabs count once).
+    pub online: usize,
+}
+
+/// Why a named room was not created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomRefused {
+    Taken,
+    /// A cap; the text says which.
+    Full(String),
 }
 
 /// How many are where, for `/healthz`.
@@ -126,6 +177,7 @@ impl Hub {
         store: Arc<dyn Store>,
         limits: HistoryLimits,
         channels: Vec<(Channel, u64, Vec<ChatMessage>)>,
+        rooms: Vec<StoredRoom>,
         counters: Counters,
     ) -> Hub {
         let capacity = limits.on_join.max(limits.resume_max);
@@ -140,14 +192,20 @@ impl Hub {
             }
             logs.insert(channel, log);
         }
-        let state = State {
+        let mut state = State {
             peers: HashMap::new(),
             rooms: HashMap::new(),
             waiting: BTreeSet::new(),
             next_room: 0,
             logs,
+            named: BTreeMap::new(),
+            typing: HashMap::new(),
+            feed_who: None,
             closed: false,
         };
+        for room in rooms {
+            state.add_room(room, capacity);
+        }
         Hub { state: Mutex::new(state), store, limits, counters }
     }
 
@@ -177,6 +235,7 @@ impl Hub {
     pub fn join(
         &self,
         id: PeerId,
+        author: Author,
         outbox: Arc<Outbox>,
         evict: oneshot::Sender<Eviction>,
         catchup: Catchup,
@@ -194,7 +253,7 @@ impl Hub {
                 }
             }
         }
-        state.peers.insert(id, Peer { outbox, channel: Channel::Feed, evict });
+        state.peers.insert(id, Peer { outbox, channel: Channel::Feed, author, evict });
         true
     }
 
@@ -238,7 +297,7 @@ impl Hub {
         late: bool,
     ) {
         let mut state = self.lock();
-        if channel != Channel::Feed && !state.logs.contains_key(&channel) {
+        if !state.logs.contains_key(&channel) {
             // A room that has emptied: nobody to deliver to, and never anyone again.
             if let Some(id) = id {
                 self.store.record(Change::Delivered { id, message: None });
@@ -266,6 +325,10 @@ impl Hub {
         before: u64,
         limit: usize,
     ) -> Option<Vec<Arc<ChatMessage>>> {
+        if !channel.is_durable() {
+            // A random room keeps no history (what it holds is only for taking back).
+            return Some(Vec::new());
+        }
         let state = self.lock();
         let log = state.logs.get(&channel)?;
         let end = log.recent.partition_point(|message| message.seq < before);
@@ -275,6 +338,41 @@ impl Hub {
             None => return None,
         };
         Some(log.recent.range(start..end).cloned().collect())
+    }
+
+    /// `{"delete": SEQ}` from `from`, whose messages are those whose author id is `owner`:
+    /// takes message SEQ of its current channel out of the recent ones and the store, and
+    /// tells everyone in the channel (`from` included). The error is the refusal's text.
+    pub fn delete(&self, from: PeerId, owner: &str, seq: u64) -> Result<(), String> {
+        let mut state = self.lock();
+        let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else { return Ok(()) };
+        let unknown = || format!("delete: there is no message {seq} in this channel");
+        let Some(log) = state.logs.get_mut(&channel) else { return Err(unknown()) };
+        let index = log.recent.partition_point(|message| message.seq < seq);
+        match log.recent.get(index) {
+            Some(message) if message.seq == seq => {
+                if *message.author.id != *owner {
+                    return Err(format!("delete: message {seq} is not yours"));
+                }
+                log.recent.remove(index);
+            }
+            // Before everything kept here, and some were let go: it may be in the store.
+            _ if index == 0 && !log.complete && seq > 0 && seq < log.next_seq => {
+                return Err(format!(
+                    "delete: message {seq} is too old to take back (only the newest {} can be)",
+                    log.capacity
+                ));
+            }
+            _ => return Err(unknown()),
+        }
+        let frame = protocol::deleted_frame(channel.wire_name(), seq);
+        let mut evicted = Vec::new();
+        state.send_to_channel(channel, None, &frame, &mut evicted);
+        if channel.is_durable() {
+            self.store.record(Change::Deleted { channel, seq });
+        }
+        self.evict(&mut state, evicted);
+        Ok(())
     }
 
     /// `{"channel": "random"}`: pairs `id` with someone waiting alone, or opens a room for
@@ -296,7 +394,7 @@ impl Hub {
                 None => {
                     state.next_room += 1;
                     state.waiting.insert(state.next_room);
-                    state.logs.insert(Channel::Room(state.next_room), Log::new(1, 0));
+                    state.logs.insert(Channel::Room(state.next_room), Log::random_room());
                     state.next_room
                 }
             };
@@ -315,6 +413,18 @@ impl Hub {
             for member in members.into_iter().flatten() {
                 state.send_to(member, notice.frame(), &mut evicted);
             }
+            if let [Some(first), Some(second)] = members {
+                // Each is told who the other is (unless both are tabs of one account).
+                for (to, about) in [(first, second), (second, first)] {
+                    let Some(about) = state.peers.get(&about).map(|peer| peer.author.clone())
+                    else {
+                        continue;
+                    };
+                    if state.peers.get(&to).is_some_and(|peer| peer.author.id != about.id) {
+                        state.send_to(to, protocol::presence_frame(true, &about), &mut evicted);
+                    }
+                }
+            }
         }
         self.evict(state, evicted);
     }
@@ -329,6 +439,154 @@ impl Hub {
         }
         state.send_to(id, Notice::FeedJoined.frame(), &mut evicted);
         self.evict(&mut state, evicted);
+    }
+
+    /// A new named room, if its name is free and the caps allow: `per_account` rooms of one
+    /// owner, `total` in all.
+    pub fn add_room(
+        &self,
+        room: StoredRoom,
+        per_account: usize,
+        total: usize,
+    ) -> Result<(), RoomRefused> {
+        let mut state = self.lock();
+        if state.named.contains_key(&room.name) {
+            return Err(RoomRefused::Taken);
+        }
+        if state.named.len() >= total {
+            return Err(RoomRefused::Full(format!("the server already has {total} rooms")));
+        }
+        let owned = state.named.values().filter(|kept| kept.owner == room.owner).count();
+        if owned >= per_account {
+            return Err(RoomRefused::Full(format!("you already have {per_account} rooms")));
+        }
+        state.add_room(room, self.limits.on_join.max(self.limits.resume_max));
+        Ok(())
+    }
+
+    /// Takes back a room just added (the store could not keep it); nobody can be in it yet
+    /// but a joiner as quick as the store: it is sent back to the feed.
+    pub fn remove_room(&self, name: &str) {
+        let mut state = self.lock();
+        let Some(room) = state.named.get(name) else { return };
+        let (channel, members) = (room.channel, room.members.clone());
+        for id in members {
+            if let Some(peer) = state.peers.get_mut(&id) {
+                peer.channel = Channel::Feed;
+            }
+        }
+        state.named.remove(name);
+        state.logs.remove(&channel);
+    }
+
+    /// Every named room, by name, with how many people are in it.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let state = self.lock();
+        state
+            .named
+            .iter()
+            .map(|(name, room)| RoomInfo {
+                name: name.clone(),
+                topic: room.topic.clone(),
+                online: state.people(&room.members).len(),
+            })
+            .collect()
+    }
+
+    /// `{"channel": "room", "room": NAME, "after"?: SEQ}`: leaves any room, enters the named
+    /// room `name`, and is sent its members, then its newest messages or (`after`) what it
+    /// missed, as a newcomer to the feed or a resume is. The error is the refusal's text.
+    pub fn join_named(
+        &self,
+        id: PeerId,
+        author: &Author,
+        name: &str,
+        catchup: Catchup,
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        let Some(channel) = state.named.get(name).map(|room| room.channel) else {
+            return Err(format!("there is no room named {name:?}"));
+        };
+        let Some(peer) = state.peers.get_mut(&id) else { return Ok(()) };
+        // Its display name as it is now (an account may have been renamed).
+        peer.author = author.clone();
+        let already = peer.channel == channel;
+        let mut evicted = Vec::new();
+        if !already {
+            state.leave_room(id, &mut evicted);
+            if let Some(peer) = state.peers.get_mut(&id) {
+                peer.channel = channel;
+            }
+            if let Some(room) = state.named.get_mut(name) {
+                room.members.push(id);
+            }
+            if !state.present(channel, &author.id, id) {
+                let frame = protocol::presence_frame(true, author);
+                state.send_to_others(channel, &author.id, &frame, &mut evicted);
+            }
+        }
+        let members = state.members_of(channel).to_vec();
+        let joined = protocol::room_joined_frame(name, &state.people(&members));
+        state.send_to(id, joined, &mut evicted);
+        if already {
+            // Told again where it is; its history it has.
+            self.evict(&mut state, evicted);
+            return Ok(());
+        }
+        if let Some(log) = state.logs.get(&channel) {
+            for frame in catchup_frames(log, catchup, &self.limits) {
+                state.send_to(id, frame, &mut evicted);
+            }
+        }
+        self.evict(&mut state, evicted);
+        Ok(())
+    }
+
+    /// `{"typing": true}`: tells the others in `id`'s room (named or random; never the feed)
+    /// that its author is typing, at most once per [`TYPING_EVERY`] per author.
+    pub fn typing(&self, id: PeerId, author: &Author) {
+        let mut state = self.lock();
+        let Some(peer) = state.peers.get_mut(&id) else { return };
+        peer.author = author.clone();
+        let channel = peer.channel;
+        if channel == Channel::Feed {
+            return;
+        }
+        let now = Instant::now();
+        if state.typing.get(&author.id).is_some_and(|last| now - *last < TYPING_EVERY) {
+            return;
+        }
+        if state.typing.len() >= 4096 {
+            state.typing.retain(|_, last| now - *last < TYPING_EVERY);
+        }
+        state.typing.insert(author.id.clone(), now);
+        let mut evicted = Vec::new();
+        state.send_to_others(channel, &author.id, &protocol::typing_frame(author), &mut evicted);
+        self.evict(&mut state, evicted);
+    }
+
+    /// `{"who": true}`: who is in `id`'s channel, the feed included (each person once).
+    pub fn who(&self, id: PeerId) -> Frame {
+        let mut state = self.lock();
+        let members: Vec<PeerId> = match state.peers.get(&id).map(|peer| peer.channel) {
+            Some(Channel::Feed) => {
+                if let Some((made, frame)) = &state.feed_who
+                    && made.elapsed() < FEED_WHO_EVERY
+                {
+                    return frame.clone();
+                }
+                let feed = state.peers.iter().filter(|(_, peer)| peer.channel == Channel::Feed);
+                let members: Vec<PeerId> = feed.map(|(&id, _)| id).collect();
+                let people = state.people(&members);
+                let frame = protocol::who_frame(people.len(), &people);
+                state.feed_who = Some((Instant::now(), frame.clone()));
+                return frame;
+            }
+            Some(channel) => state.members_of(channel).to_vec(),
+            None => Vec::new(),
+        };
+        let people = state.people(&members);
+        protocol::who_frame(people.len(), &people)
     }
 
     pub fn census(&self) -> Census {
@@ -347,6 +605,9 @@ impl Hub {
         // Nobody is told "partner_left" on the way out: everyone is leaving.
         state.rooms.clear();
         state.waiting.clear();
+        for room in state.named.values_mut() {
+            room.members.clear();
+        }
         let everyone: Vec<PeerId> = state.peers.keys().copied().collect();
         state.evict_all(everyone, Eviction::ShuttingDown);
     }
@@ -389,6 +650,61 @@ fn simple(id: Option<PeerId>) -> String {
 }
 
 impl State {
+    fn add_room(&mut self, room: StoredRoom, capacity: usize) {
+        let channel = Channel::named(&room.name);
+        self.logs.entry(channel).or_insert_with(|| Log::new(1, capacity));
+        let named =
+            NamedRoom { channel, topic: room.topic, owner: room.owner, members: Vec::new() };
+        self.named.insert(room.name, named);
+    }
+
+    /// The connections in a named or random room (none for the feed: it is not listed).
+    fn members_of(&self, channel: Channel) -> &[PeerId] {
+        match channel {
+            Channel::Named(_) => {
+                self.named.get(channel.wire_name()).map_or(&[], |room| room.members.as_slice())
+            }
+            Channel::Room(room) => self.rooms.get(&room).map_or(&[], Vec::as_slice),
+            Channel::Feed => &[],
+        }
+    }
+
+    /// Whether `author` has a connection other than `except` in `channel` (a room).
+    fn present(&self, channel: Channel, author: &str, except: PeerId) -> bool {
+        self.members_of(channel).iter().any(|&member| {
+            member != except
+                && self.peers.get(&member).is_some_and(|peer| *peer.author.id == *author)
+        })
+    }
+
+    /// Queues `frame` for everyone in a room whose author is not `author`.
+    fn send_to_others(
+        &self,
+        channel: Channel,
+        author: &str,
+        frame: &Frame,
+        evicted: &mut Vec<PeerId>,
+    ) {
+        for &member in self.members_of(channel) {
+            if let Some(peer) = self.peers.get(&member)
+                && *peer.author.id != *author
+            {
+                offer(member, peer, frame, evicted);
+            }
+        }
+    }
+
+    /// The distinct authors among `members`, in the order they joined.
+    fn people(&self, members: &[PeerId]) -> Vec<&Author> {
+        let mut seen = HashSet::new();
+        members
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .map(|peer| &peer.author)
+            .filter(|author| seen.insert(author.id.clone()))
+            .collect()
+    }
+
     /// Gives a message its seq in `channel` and keeps it among the recent ones.
     fn stamp(
         &mut self,
@@ -397,7 +713,7 @@ impl State {
         body: Body,
         late: bool,
     ) -> Arc<ChatMessage> {
-        let log = self.logs.entry(channel).or_insert_with(|| Log::new(1, 0));
+        let log = self.logs.entry(channel).or_insert_with(Log::random_room);
         let seq = log.next_seq;
         log.next_seq += 1;
         let message = Arc::new(ChatMessage::new(channel, seq, author, body, now_ms(), late));
@@ -418,6 +734,17 @@ impl State {
             Channel::Feed => {
                 for (&id, peer) in &self.peers {
                     if peer.channel == Channel::Feed && Some(id) != skip {
+                        offer(id, peer, frame, evicted);
+                        sent += 1;
+                    }
+                }
+            }
+            Channel::Named(key) => {
+                let name = &key["room:".len()..];
+                for &id in self.named.get(name).map(|room| &room.members).into_iter().flatten() {
+                    if Some(id) != skip
+                        && let Some(peer) = self.peers.get(&id)
+                    {
                         offer(id, peer, frame, evicted);
                         sent += 1;
                     }
@@ -445,8 +772,22 @@ impl State {
 
     /// Takes `id` out of any room; a partner left behind is told and waits for the next seeker.
     fn leave_room(&mut self, id: PeerId, evicted: &mut Vec<PeerId>) {
-        let Some(Channel::Room(room)) = self.peers.get(&id).map(|peer| peer.channel) else {
-            return;
+        let Some(peer) = self.peers.get(&id) else { return };
+        let (channel, author) = (peer.channel, peer.author.clone());
+        if !self.present(channel, &author.id, id) {
+            // Its author's last connection here: the others are told it left.
+            let frame = protocol::presence_frame(false, &author);
+            self.send_to_others(channel, &author.id, &frame, evicted);
+        }
+        let room = match channel {
+            Channel::Room(room) => room,
+            Channel::Named(_) => {
+                if let Some(room) = self.named.get_mut(channel.wire_name()) {
+                    room.members.retain(|member| *member != id);
+                }
+                return;
+            }
+            Channel::Feed => return,
         };
         let Some(members) = self.rooms.get_mut(&room) else { return };
         members.retain(|member| *member != id);
@@ -502,7 +843,8 @@ mod tests {
 
     fn hub(on_join: usize, resume_max: usize) -> Hub {
         let store = Arc::new(MemoryStore::new(100));
-        Hub::new(store, HistoryLimits { on_join, resume_max }, Vec::new(), Counters::default())
+        let limits = HistoryLimits { on_join, resume_max };
+        Hub::new(store, limits, Vec::new(), Vec::new(), Counters::default())
     }
 
     /// A member joined with `catchup`, and its queue.
@@ -510,7 +852,7 @@ mod tests {
         let id = Uuid::new_v4();
         let outbox = Arc::new(Outbox::new(1000));
         let (evict, _) = oneshot::channel();
-        assert!(hub.join(id, outbox.clone(), evict, catchup));
+        assert!(hub.join(id, Author::from("x"), outbox.clone(), evict, catchup));
         (id, outbox)
     }
 
@@ -587,5 +929,117 @@ mod tests {
         let page = hub.page(Channel::Feed, 7, 2).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [5, 6]);
         assert!(hub.page(Channel::Feed, 4, 2).is_none());
+    }
+
+    #[test]
+    fn an_author_takes_back_its_own_message_in_its_channel_and_nobody_gets_it_again() {
+        let hub = hub(10, 10);
+        let (a, a_frames) = member(&hub, Catchup::Latest);
+        let (b, b_frames) = member(&hub, Catchup::Latest);
+        hub.publish(a, Author::from("a"), Body::Text("one".into()));
+        hub.publish(b, Author::from("b"), Body::Text("two".into()));
+        frames(&a_frames);
+        frames(&b_frames);
+        assert_eq!(hub.delete(b, "b", 1), Err("delete: message 1 is not yours".into()));
+        assert_eq!(
+            hub.delete(a, "a", 9),
+            Err("delete: there is no message 9 in this channel".into())
+        );
+        assert_eq!(hub.delete(a, "a", 1), Ok(()));
+        let deleted = serde_json::json!({"deleted": {"channel": "feed", "seq": 1}});
+        assert_eq!(frames(&a_frames), std::slice::from_ref(&deleted), "the author is told too");
+        assert_eq!(frames(&b_frames), [deleted]);
+        assert!(hub.delete(a, "a", 1).is_err(), "only once");
+        let (_, newcomer) = member(&hub, Catchup::Latest);
+        assert_eq!(seqs(&frames(&newcomer)), [2]);
+        assert_eq!(hub.page(Channel::Feed, 3, 10).unwrap().len(), 1);
+        // In a random room: told as "random", to both; the feed hears nothing of it.
+        hub.join_random(a);
+        hub.join_random(b);
+        hub.publish(a, Author::from("a"), Body::Text("psst".into()));
+        frames(&a_frames);
+        frames(&b_frames);
+        assert_eq!(hub.delete(a, "a", 1), Ok(()));
+        let deleted = serde_json::json!({"deleted": {"channel": "random", "seq": 1}});
+        assert_eq!(frames(&b_frames), [deleted]);
+        assert!(hub.page(Channel::Room(1), 5, 10).unwrap().is_empty(), "no history in a room");
+    }
+
+    #[test]
+    fn a_message_older_than_those_kept_in_memory_cannot_be_taken_back() {
+        let hub = hub(2, 2);
+        let (a, _) = member(&hub, Catchup::Latest);
+        say(&hub, a, 4);
+        let refused = hub.delete(a, "a", 1).unwrap_err();
+        assert!(refused.contains("too old"), "{refused}");
+        assert_eq!(hub.delete(a, "a", 3), Ok(()));
+    }
+
+    fn room(name: &str, owner: &str) -> StoredRoom {
+        StoredRoom { name: name.into(), topic: String::new(), owner: owner.into(), created_ms: 0 }
+    }
+
+    #[test]
+    fn named_rooms_keep_their_caps_count_an_account_once_and_keep_their_messages() {
+        let hub = hub(10, 10);
+        assert_eq!(hub.add_room(room("a", "ada"), 2, 3), Ok(()));
+        assert_eq!(hub.add_room(room("a", "bob"), 2, 3), Err(RoomRefused::Taken));
+        assert_eq!(hub.add_room(room("b", "ada"), 2, 3), Ok(()));
+        assert!(matches!(hub.add_room(room("c", "ada"), 2, 3), Err(RoomRefused::Full(_))));
+        assert_eq!(hub.add_room(room("c", "bob"), 2, 3), Ok(()));
+        assert!(matches!(hub.add_room(room("d", "bob"), 2, 3), Err(RoomRefused::Full(_))));
+
+        let (tab1, tab1_frames) = member(&hub, Catchup::Latest);
+        let (tab2, _) = member(&hub, Catchup::Latest);
+        let (feed, feed_frames) = member(&hub, Catchup::Latest);
+        assert!(hub.join_named(tab1, &Author::from("x"), "zzz", Catchup::Latest).is_err());
+        hub.join_named(tab1, &Author::from("x"), "a", Catchup::Latest).unwrap();
+        hub.join_named(tab2, &Author::from("x"), "a", Catchup::Latest).unwrap();
+        // `member` joins everyone as the author "x": two tabs of one account.
+        let joined = frames(&tab1_frames);
+        assert_eq!(joined[0]["members"], serde_json::json!([{"id": "x"}]));
+        assert_eq!(hub.rooms()[0], RoomInfo { name: "a".into(), topic: "".into(), online: 1 });
+        say(&hub, tab2, 2);
+        assert_eq!(seqs(&frames(&tab1_frames)), [1, 2]);
+        assert!(frames(&feed_frames).is_empty(), "the feed hears nothing of a room");
+        assert_eq!(hub.channel_of(tab1), Some(Channel::named("a")));
+        hub.join_feed(tab1);
+        hub.leave(tab2);
+        assert_eq!(hub.rooms()[0].online, 0);
+        hub.join_named(feed, &Author::from("x"), "a", Catchup::Latest).unwrap();
+        let history = frames(&feed_frames);
+        assert_eq!(seqs(&history[1..]), [1, 2]);
+    }
+
+    #[test]
+    fn presence_and_typing_go_to_the_others_in_a_room_once_per_person() {
+        let hub = hub(0, 0);
+        hub.add_room(room("a", "o"), 1, 1).unwrap();
+        let (first, first_frames) = member(&hub, Catchup::Latest);
+        let bob = Uuid::new_v4();
+        let bob_frames = Arc::new(Outbox::new(100));
+        let (evict, _) = oneshot::channel();
+        assert!(hub.join(bob, Author::from("bob"), bob_frames.clone(), evict, Catchup::Latest));
+        let (second, _) = member(&hub, Catchup::Latest);
+        hub.join_named(bob, &Author::from("bob"), "a", Catchup::Latest).unwrap();
+        hub.join_named(first, &Author::from("x"), "a", Catchup::Latest).unwrap();
+        hub.join_named(second, &Author::from("x"), "a", Catchup::Latest).unwrap();
+        let joined = serde_json::json!({"presence": {"joined": {"id": "x"}}});
+        assert_eq!(frames(&bob_frames)[1..], [joined], "x's second tab is not news");
+        assert_eq!(frames(&first_frames).len(), 1, "only its joined frame");
+        hub.typing(first, &Author::from("x"));
+        hub.typing(second, &Author::from("x"));
+        hub.typing(first, &Author::from("x"));
+        assert_eq!(frames(&bob_frames), [serde_json::json!({"typing": {"id": "x"}})]);
+        assert!(frames(&first_frames).is_empty(), "not to the typist's own tabs");
+        let who = hub.who(bob);
+        assert_eq!(who.payload(), r#"{"who":{"count":2,"members":[{"id":"bob"},{"id":"x"}]}}"#);
+        hub.leave(first);
+        assert!(frames(&bob_frames).is_empty());
+        hub.join_feed(second);
+        let left = serde_json::json!({"presence": {"left": {"id": "x"}}});
+        assert_eq!(frames(&bob_frames), [left]);
+        hub.typing(second, &Author::from("x"));
+        assert!(frames(&bob_frames).is_empty(), "typing in the feed goes nowhere");
     }
 }

@@ -112,7 +112,9 @@ impl Server {
                  it is not delivered again (it may not have reached everyone)"
             );
         }
-        let hub = Arc::new(Hub::new(store.clone(), history, loaded.channels, counters.clone()));
+        let rooms = store.rooms()?;
+        let hub =
+            Arc::new(Hub::new(store.clone(), history, loaded.channels, rooms, counters.clone()));
         let scheduler = Scheduler::start(
             hub.clone(),
             store.clone(),

@@ -4,6 +4,7 @@
 //! encoded to its wire frame once, then: every recipient's queue shares the same bytes. Its
 //! history frame (the same with `"history": true`) is encoded the first time someone needs it.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,12 +21,52 @@ pub enum Channel {
     /// never reused, so a message scheduled for a room that has since emptied goes nowhere
     /// instead of into strangers' room.
     Room(u64),
+    /// A named room (`POST /api/rooms`): kept in the store like the feed. It holds the room's
+    /// store key, `room:NAME`, interned (see [`Channel::named`]).
+    Named(&'static str),
 }
 
+/// The prefix of a named room's store key.
+const ROOM_PREFIX: &str = "room:";
+
 impl Channel {
+    /// The named room `name`. Its key is interned once per name for the process's life: only
+    /// names of rooms that exist are interned, and their number is capped (`--max-rooms`).
+    pub fn named(name: &str) -> Channel {
+        static KEYS: std::sync::Mutex<BTreeSet<&'static str>> =
+            std::sync::Mutex::new(BTreeSet::new());
+        let key = format!("{ROOM_PREFIX}{name}");
+        let mut keys = KEYS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(&interned) = keys.get(key.as_str()) {
+            return Channel::Named(interned);
+        }
+        let interned: &'static str = Box::leak(key.into_boxed_str());
+        keys.insert(interned);
+        Channel::Named(interned)
+    }
+
+    /// The channel a store key names, if this server knows it.
+    pub fn from_store_key(key: &str) -> Option<Channel> {
+        match key {
+            "feed" => Some(Channel::Feed),
+            _ => key.strip_prefix(ROOM_PREFIX).map(Channel::named),
+        }
+    }
+
     /// Whether its messages are kept (history, resume, the store).
     pub fn is_durable(self) -> bool {
-        matches!(self, Channel::Feed)
+        matches!(self, Channel::Feed | Channel::Named(_))
+    }
+
+    /// Its name in frames about it (`{"deleted": {"channel": ...}}`): `feed`, `random` for a
+    /// random room (a connection is in one room at a time, so the room needs no number), or a
+    /// named room's name.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Channel::Feed => "feed",
+            Channel::Room(_) => "random",
+            Channel::Named(key) => &key[ROOM_PREFIX.len()..],
+        }
     }
 
     /// Its name in the store; only durable channels have one.
@@ -33,6 +74,7 @@ impl Channel {
         match self {
             Channel::Feed => Some("feed"),
             Channel::Room(_) => None,
+            Channel::Named(key) => Some(key),
         }
     }
 }

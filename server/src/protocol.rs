@@ -15,24 +15,37 @@ use serde_json::Value;
 use wire::schedule::{self, Schedule};
 
 use crate::config::Limits;
-use crate::message::{ChatMessage, WireChat};
+use crate::message::{Author, ChatMessage, WireChat};
 
 /// A frame a client sent, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    /// `{"channel": "random"}` or `{"channel": "feed"}`.
-    Join(ChannelRequest),
-    /// A text or emoji message, to send now or after `delay`.
-    Chat { body: Body<'a>, delay: Option<Duration> },
+    /// `{"channel": "random"}`, `{"channel": "feed"}` or `{"channel": "room", "room": NAME}`.
+    Join(ChannelRequest<'a>),
+    /// A text or emoji message, to send now or after `delay`; `ack` (`"ack": true`): the
+    /// sender is told the seq it was given (`{"sent": {"seq": N}}`), to take it back later.
+    Chat { body: Body<'a>, delay: Option<Duration>, ack: bool },
     /// `{"history": {"before": SEQ, "limit": N}}`: the messages before SEQ in the sender's
     /// channel ("load earlier messages"); `limit` is already capped.
     History { before: u64, limit: usize },
+    /// `{"delete": SEQ}`: takes back the sender's own message SEQ in its current channel.
+    Delete(u64),
+    /// `{"typing": true}` (`false`: nothing is sent).
+    Typing(bool),
+    /// `{"who": true}`: who is in the sender's channel.
+    Who,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelRequest {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRequest<'a> {
     Feed,
     Random,
+    /// A named room; `after`: the last seq of it the client saw (a resume, as `?after` is for
+    /// the feed).
+    Named {
+        name: Cow<'a, str>,
+        after: Option<u64>,
+    },
 }
 
 /// What a chat message says. Only this is relayed; everything else a client sent is not.
@@ -62,12 +75,24 @@ fn refuse<T>(reason: impl Into<String>) -> Result<T, FrameError> {
 struct RawFrame<'a> {
     #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    after: Option<u64>,
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     data: Option<Object<RawData<'a>>>,
     #[serde(default)]
     history: Option<Object<RawHistory>>,
+    #[serde(default)]
+    delete: Option<u64>,
+    #[serde(default)]
+    ack: bool,
+    #[serde(default)]
+    typing: Option<bool>,
+    #[serde(default)]
+    who: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -147,8 +172,21 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
         return match &*channel {
             "random" => Ok(Inbound::Join(ChannelRequest::Random)),
             "feed" => Ok(Inbound::Join(ChannelRequest::Feed)),
-            _ => refuse("channel must be \"random\" or \"feed\""),
+            "room" => match raw.room {
+                Some(name) => Ok(Inbound::Join(ChannelRequest::Named { name, after: raw.after })),
+                None => refuse("\"channel\": \"room\" needs \"room\": NAME"),
+            },
+            _ => refuse("channel must be \"random\", \"feed\" or \"room\""),
         };
+    }
+    if let Some(seq) = raw.delete {
+        return Ok(Inbound::Delete(seq));
+    }
+    if let Some(typing) = raw.typing {
+        return Ok(Inbound::Typing(typing));
+    }
+    if raw.who.is_some() {
+        return Ok(Inbound::Who);
     }
     if let Some(Object(history)) = raw.history {
         let limit = history.limit.unwrap_or(DEFAULT_PAGE as u64).min(limits.page_max as u64);
@@ -201,7 +239,7 @@ pub fn parse<'a>(frame: &'a str, limits: &Limits) -> Result<Inbound<'a>, FrameEr
         }
         _ => return refuse("type must be \"text\" or \"emoji\""),
     };
-    Ok(Inbound::Chat { body, delay })
+    Ok(Inbound::Chat { body, delay, ack: raw.ack })
 }
 
 /// A wire schedule such as `{"hours": 1, "seconds": "9"}`, read by `wire::schedule`.
@@ -324,6 +362,102 @@ pub fn history_page_frame(
     let messages = messages.iter().map(|message| message.borrow().wire(true)).collect();
     history_frame(Page { before, messages, more })
 }
+
+/// `{"sent": {"seq": N}}`: to the sender of a message that asked for it (`"ack": true`), the
+/// seq its message was given.
+pub fn sent_frame(seq: u64) -> Frame {
+    Frame::text(&format!(r#"{{"sent":{{"seq":{seq}}}}}"#))
+}
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    channel: &'a str,
+    seq: u64,
+}
+
+/// `{"deleted": {"channel": "feed" | "random", "seq": SEQ}}`: message SEQ of that channel was
+/// taken back by its author; to everyone in the channel, the author included.
+pub fn deleted_frame(channel: &str, seq: u64) -> Frame {
+    #[derive(Serialize)]
+    struct DeletedFrame<'a> {
+        deleted: Deleted<'a>,
+    }
+    Frame::json(&DeletedFrame { deleted: Deleted { channel, seq } })
+}
+
+/// A person as frames about people show them: `{"id", "name"?}` (`name` only for an account).
+#[derive(Serialize)]
+struct Member<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> Member<'a> {
+    fn of(author: &'a Author) -> Member<'a> {
+        Member { id: &author.id, name: author.name.as_deref() }
+    }
+}
+
+/// `{"channel": "room", "room": NAME, "status": "joined", "members": [{"id", "name"?}, ...]}`:
+/// to a connection that entered a named room; every person in it once (itself included), in
+/// the order they came.
+pub fn room_joined_frame(room: &str, members: &[&Author]) -> Frame {
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        channel: &'static str,
+        room: &'a str,
+        status: &'static str,
+        members: Vec<Member<'a>>,
+    }
+    let members = members.iter().map(|author| Member::of(author)).collect();
+    Frame::json(&Joined { channel: "room", room, status: "joined", members })
+}
+
+/// `{"presence": {"joined": {"id", "name"?}}}` or `{"presence": {"left": ...}}`.
+pub fn presence_frame(joined: bool, who: &Author) -> Frame {
+    #[derive(Serialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Presence<'a> {
+        Joined(Member<'a>),
+        Left(Member<'a>),
+    }
+    #[derive(Serialize)]
+    struct PresenceFrame<'a> {
+        presence: Presence<'a>,
+    }
+    let member = Member::of(who);
+    let presence = if joined { Presence::Joined(member) } else { Presence::Left(member) };
+    Frame::json(&PresenceFrame { presence })
+}
+
+/// `{"typing": {"id", "name"?}}`.
+pub fn typing_frame(who: &Author) -> Frame {
+    #[derive(Serialize)]
+    struct Typing<'a> {
+        typing: Member<'a>,
+    }
+    Frame::json(&Typing { typing: Member::of(who) })
+}
+
+/// `{"who": {"count": N, "members": [{"id", "name"?}, ...]}}`: `members` holds the first
+/// [`WHO_MAX`] of the `count`.
+pub fn who_frame(count: usize, members: &[&Author]) -> Frame {
+    #[derive(Serialize)]
+    struct Who<'a> {
+        count: usize,
+        members: Vec<Member<'a>>,
+    }
+    #[derive(Serialize)]
+    struct WhoFrame<'a> {
+        who: Who<'a>,
+    }
+    let members = members.iter().take(WHO_MAX).map(|author| Member::of(author)).collect();
+    Frame::json(&WhoFrame { who: Who { count, members } })
+}
+
+/// People listed in a `{"who"}` answer at most.
+pub const WHO_MAX: usize = 100;
 
 /// The channel notices: a fixed text each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -255,6 +255,8 @@ struct Health {
     refused: RefusalTotals,
     /// `ok`, or `failing` while the store cannot write.
     store: StoreHealth,
+    /// People in each named room that has anyone in it, by name.
+    named_rooms: std::collections::BTreeMap<String, usize>,
 }
 
 impl Health {
@@ -270,6 +272,13 @@ impl Health {
             scheduled: server.scheduler.pending(),
             refused: server.connections.refused().totals(),
             store: server.store.health(),
+            named_rooms: server
+                .hub
+                .rooms()
+                .into_iter()
+                .filter(|room| room.online > 0)
+                .map(|room| (room.name, room.online))
+                .collect(),
         }
     }
 }

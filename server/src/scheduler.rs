@@ -318,10 +318,10 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(100));
         let history = HistoryLimits { on_join: 0, resume_max: 10 };
         let counters = crate::metrics::Counters::default();
-        let hub = Arc::new(Hub::new(store.clone(), history, Vec::new(), counters));
+        let hub = Arc::new(Hub::new(store.clone(), history, Vec::new(), Vec::new(), counters));
         let outbox = Arc::new(Outbox::new(10_000));
         let (evict, _) = oneshot::channel();
-        assert!(hub.join(uuid::Uuid::new_v4(), outbox.clone(), evict, Catchup::Latest));
+        assert!(hub.join(uuid::Uuid::new_v4(), "x".into(), outbox.clone(), evict, Catchup::Latest));
         (hub, outbox, store)
     }
 

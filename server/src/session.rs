@@ -113,7 +113,7 @@ pub async fn run(
     let is_account = account.is_some();
     // Not kept for the connection's life: it holds the password's hash.
     drop(account);
-    if !server.hub.join(id, outbox.clone(), evict, catchup) {
+    if !server.hub.join(id, author.clone(), outbox.clone(), evict, catchup) {
         close(&mut ws, &mut VecDeque::new(), CloseCode::Away, "server shutting down").await;
         return;
     }

@@ -33,11 +33,12 @@ use subtle::ConstantTimeEq;
 
 use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::store::{
-    AccountStore, Change, CreateAccountError, Loaded, StoreHealth, StoredAccount, StoredSchedule,
+    AccountStore, Change, CreateAccountError, Loaded, StoreHealth, StoredAccount, StoredRoom,
+    StoredSchedule,
 };
 
 /// The schema this binary writes. A file with a higher `user_version` is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Written into every chatterbox database (`PRAGMA application_id`): "CBOX".
 const APPLICATION_ID: i64 = 0x4342_4F58;
@@ -280,11 +281,25 @@ fn migrate(connection: &Connection, version: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    if version < 3 {
+        // Named rooms; their messages are in `messages` under the channel `room:NAME`.
+        connection.execute_batch(
+            "BEGIN;
+             CREATE TABLE rooms (
+                 name TEXT PRIMARY KEY,
+                 topic TEXT NOT NULL,
+                 owner TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL
+             );
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
 fn channel_of(name: &str) -> Option<Channel> {
-    (name == "feed").then_some(Channel::Feed)
+    Channel::from_store_key(name)
 }
 
 fn message_from_row(
@@ -330,22 +345,48 @@ impl SqliteStore {
     }
 }
 
+/// An insert's result: a unique constraint broken is `Taken`.
+fn inserted(result: rusqlite::Result<usize>) -> Result<(), CreateAccountError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(error, _))
+            if error.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(CreateAccountError::Taken)
+        }
+        Err(error) => Err(CreateAccountError::Failed(error.into())),
+    }
+}
+
 impl AccountStore for SqliteStore {
     fn create_account(&self, account: &StoredAccount) -> Result<(), CreateAccountError> {
-        let inserted = self.accounts().execute(
+        inserted(self.accounts().execute(
             "INSERT INTO accounts (id, username, name, password, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![account.id, account.username, account.name, account.password_hash, now_ms()],
-        );
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(error, _))
-                if error.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(CreateAccountError::Taken)
-            }
-            Err(error) => Err(CreateAccountError::Failed(error.into())),
-        }
+        ))
+    }
+
+    fn create_room(&self, room: &StoredRoom) -> Result<(), CreateAccountError> {
+        inserted(self.accounts().execute(
+            "INSERT INTO rooms (name, topic, owner, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![room.name, room.topic, room.owner, room.created_ms],
+        ))
+    }
+
+    fn rooms(&self) -> anyhow::Result<Vec<StoredRoom>> {
+        let connection = self.accounts();
+        let mut statement =
+            connection.prepare_cached("SELECT * FROM rooms ORDER BY created_ms, name")?;
+        let rooms = statement.query_map([], |row| {
+            Ok(StoredRoom {
+                name: row.get("name")?,
+                topic: row.get("topic")?,
+                owner: row.get("owner")?,
+                created_ms: row.get("created_ms")?,
+            })
+        })?;
+        Ok(rooms.collect::<rusqlite::Result<_>>()?)
     }
 
     fn account_by_username(&self, username: &str) -> anyhow::Result<Option<StoredAccount>> {
@@ -812,6 +853,8 @@ fn write_batch(
         let mut mark =
             transaction.prepare_cached("UPDATE schedules SET firing = 1 WHERE id = ?1")?;
         let mut remove = transaction.prepare_cached("DELETE FROM schedules WHERE id = ?1")?;
+        let mut delete_message =
+            transaction.prepare_cached("DELETE FROM messages WHERE channel = ?1 AND seq = ?2")?;
         // Messages in a row are inserted together, many rows per statement.
         let mut messages: Vec<&ChatMessage> = Vec::new();
         for change in changes {
@@ -837,6 +880,10 @@ fn write_batch(
                 }
                 Change::Firing { id, .. } => {
                     mark.execute([*id as i64])?;
+                }
+                Change::Deleted { channel, seq } => {
+                    let Some(name) = channel.store_key() else { continue };
+                    delete_message.execute(params![name, *seq as i64])?;
                 }
                 Change::Delivered { id, message } => {
                     remove.execute([*id as i64])?;
@@ -934,6 +981,28 @@ mod tests {
         assert_eq!(recent[1].body, Body::Text("m3".into()));
         let page = store.page(Channel::Feed, 3, 10).unwrap();
         assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_deleted_message_stays_deleted_and_its_seq_is_not_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = open(&path);
+        store.load(10).unwrap();
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+        // In the same batch as the message it takes back, and after it was written.
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 3 });
+        assert!(store.flush(Duration::from_secs(5)));
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 1 });
+        assert!(store.close(Duration::from_secs(5)));
+        let store = open(&path);
+        let loaded = store.load(10).unwrap();
+        let (_, next, recent) = &loaded.channels[0];
+        assert_eq!(*next, 4);
+        assert_eq!(recent.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
+        assert_eq!(store.page(Channel::Feed, 4, 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum Change {
     /// A schedule delivered: it is removed and its message (if its channel is durable) added,
     /// in one transaction, so that it is never both pending and delivered.
     Delivered { id: u64, message: Option<Arc<ChatMessage>> },
+    /// A message of a durable channel taken back by its author (`{"delete": SEQ}`).
+    Deleted { channel: Channel, seq: u64 },
 }
 
 /// What the server needs at start.
@@ -77,6 +79,17 @@ pub struct StoredAccount {
     pub name: String,
     /// The Argon2id hash, in the PHC string format.
     pub password_hash: String,
+}
+
+/// A named room as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// 1–32 of `a-z 0-9 -`; unique.
+    pub name: String,
+    pub topic: String,
+    /// The id of the account that created it.
+    pub owner: String,
+    pub created_ms: i64,
 }
 
 /// Why an account could not be created.
@@ -123,6 +136,12 @@ pub trait AccountStore: Send + Sync {
     ) -> anyhow::Result<Option<StoredAccount>>;
 
     fn delete_session(&self, token_hash: &[u8; 32]) -> anyhow::Result<()>;
+
+    /// Keeps a new named room; `Taken` when one has its name.
+    fn create_room(&self, room: &StoredRoom) -> Result<(), CreateAccountError>;
+
+    /// Every named room, oldest first.
+    fn rooms(&self) -> anyhow::Result<Vec<StoredRoom>>;
 }
 
 /// The store, whichever it is.
@@ -164,6 +183,7 @@ struct MemoryAccounts {
     accounts: HashMap<String, StoredAccount>,
     /// Token hash → (account id, last used).
     sessions: HashMap<[u8; 32], (String, i64)>,
+    rooms: Vec<StoredRoom>,
 }
 
 impl MemoryAccounts {
@@ -179,6 +199,12 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Channel, VecDeque<Arc<ChatMessage>>>> {
         self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn forget(&self, channel: Channel, seq: u64) {
+        if let Some(kept) = self.lock().get_mut(&channel) {
+            kept.retain(|message| message.seq != seq);
+        }
     }
 
     fn keep(&self, message: Arc<ChatMessage>) {
@@ -269,6 +295,19 @@ impl AccountStore for MemoryStore {
         self.accounts().sessions.remove(token_hash);
         Ok(())
     }
+
+    fn create_room(&self, room: &StoredRoom) -> Result<(), CreateAccountError> {
+        let mut accounts = self.accounts();
+        if accounts.rooms.iter().any(|kept| kept.name == room.name) {
+            return Err(CreateAccountError::Taken);
+        }
+        accounts.rooms.push(room.clone());
+        Ok(())
+    }
+
+    fn rooms(&self) -> anyhow::Result<Vec<StoredRoom>> {
+        Ok(self.accounts().rooms.clone())
+    }
 }
 
 impl Store for MemoryStore {
@@ -284,6 +323,7 @@ impl Store for MemoryStore {
             Change::Firing { written, .. } => {
                 let _ = written.send(true);
             }
+            Change::Deleted { channel, seq } => self.forget(channel, seq),
             Change::Schedule(_) | Change::Delivered { message: None, .. } => {}
         }
     }
@@ -358,6 +398,11 @@ pub(crate) fn check_account_store(store: &dyn AccountStore) {
     assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_some(), "kept");
     store.delete_session(&third).unwrap();
     assert!(store.session_account(&third, 58 * DAY, 30 * DAY).unwrap().is_none());
+
+    let room = StoredRoom { name: "rust".into(), topic: "t".into(), owner: ada.id, created_ms: 1 };
+    store.create_room(&room).unwrap();
+    assert!(matches!(store.create_room(&room), Err(CreateAccountError::Taken)));
+    assert_eq!(store.rooms().unwrap(), [room]);
 }
 
 #[cfg(test)]
@@ -390,5 +435,7 @@ mod tests {
         assert_eq!(seqs(store.page(Channel::Feed, 9, 3).unwrap()), [6, 7, 8]);
         assert_eq!(seqs(store.page(Channel::Feed, 6, 10).unwrap()), [4, 5]);
         assert_eq!(seqs(store.page(Channel::Room(1), 6, 10).unwrap()), Vec::<u64>::new());
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 7 });
+        assert_eq!(seqs(store.page(Channel::Feed, 9, 3).unwrap()), [5, 6, 8]);
     }
 }

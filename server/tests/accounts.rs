@@ -7,180 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use client::RunningServer;
+use anyhow::{Context, Result, ensure};
 use client::message::text;
+use common::api::*;
 use common::{connect, recv_json, start};
-use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use futures::SinkExt;
+use serde_json::json;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-/// Every wait in this file is bounded by this.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// An HTTP response, as read off the socket.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {:?}", self.body))
-    }
-
-    /// The `error` of a JSON error body.
-    fn error(&self) -> String {
-        self.json()
-            .ok()
-            .and_then(|body| body["error"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    /// `name=value` of the `Set-Cookie` header, without its attributes.
-    fn cookie(&self) -> Result<String> {
-        let set = self.header("set-cookie").context("no Set-Cookie")?;
-        Ok(set.split(';').next().unwrap_or_default().to_owned())
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to its end.
-async fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> Result<Response> {
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if let Some(body) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    head.push_str(body.unwrap_or_default());
-    exchange(port, head.as_bytes()).await
-}
-
-/// Writes `raw` (a whole request) on a fresh connection and reads the answer to its end.
-async fn exchange(port: u16, raw: &[u8]) -> Result<Response> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(raw).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        anyhow::Ok(raw)
-    };
-    let raw = timeout(WAIT, exchange).await.context("no answer in time")??;
-    let raw = String::from_utf8(raw).context("the answer is not UTF-8")?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of head")?;
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|line| line.split(' ').nth(1)).context("no status")?;
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-        .collect();
-    Ok(Response { status: status.parse()?, headers, body: body.to_owned() })
-}
-
-async fn post(
-    server: &RunningServer,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &Value,
-) -> Result<Response> {
-    request(server.port(), "POST", path, headers, Some(&body.to_string())).await
-}
-
-async fn signup(server: &RunningServer, username: &str, password: &str) -> Result<Response> {
-    post(server, "/api/signup", &[], &json!({"username": username, "password": password})).await
-}
-
-async fn login(server: &RunningServer, username: &str, password: &str) -> Result<Response> {
-    post(server, "/api/login", &[], &json!({"username": username, "password": password})).await
-}
-
-async fn me(server: &RunningServer, cookie: &str) -> Result<Response> {
-    request(server.port(), "GET", "/api/me", &[("Cookie", cookie)], None).await
-}
-
-/// Signs `username` up and returns its session cookie (`name=value`) and profile.
-async fn account(server: &RunningServer, username: &str) -> Result<(String, Value)> {
-    let response = signup(server, username, "a fine password").await?;
-    ensure!(response.status == 201, "sign-up answered {response:?}");
-    Ok((response.cookie()?, response.json()?))
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-/// Opens a WebSocket with extra headers (a cookie, an origin); the handshake's HTTP status
-/// when it is refused.
-async fn open_socket(
-    server: &RunningServer,
-    headers: &[(&'static str, &str)],
-) -> Result<Result<Socket, u16>> {
-    let mut request = server.ws_url().into_client_request()?;
-    for (name, value) in headers {
-        request.headers_mut().insert(*name, HeaderValue::from_str(value)?);
-    }
-    match timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .context("handshake timed out")?
-    {
-        Ok((socket, _)) => Ok(Ok(socket)),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Ok(Err(response.status().as_u16()))
-        }
-        Err(error) => Err(error.into()),
-    }
-}
-
-async fn next_json(socket: &mut Socket) -> Result<Value> {
-    loop {
-        let message = timeout(WAIT, socket.next()).await.context("no frame in time")?;
-        match message.context("the socket ended")?? {
-            Message::Text(text) => return Ok(serde_json::from_str(&text)?),
-            Message::Close(close) => bail!("closed: {close:?}"),
-            _ => continue,
-        }
-    }
-}
-
-/// A socket opened with `cookie`, past its `{"id"}` frame (returned).
-async fn socket_with_cookie(server: &RunningServer, cookie: &str) -> Result<(Socket, Value)> {
-    let mut socket = open_socket(server, &[("Cookie", cookie)])
-        .await?
-        .map_err(|status| anyhow::anyhow!("refused {status}"))?;
-    let id = next_json(&mut socket).await?;
-    Ok((socket, id))
-}
-
-/// A socket with the session `cookie`, past its `{"id"}` and `{"me"}` frames (both returned).
-async fn account_socket(server: &RunningServer, cookie: &str) -> Result<(Socket, Value, Value)> {
-    let (mut socket, id) = socket_with_cookie(server, cookie).await?;
-    let me = next_json(&mut socket).await?;
-    Ok((socket, id, me))
-}
 
 #[tokio::test]
 async fn sign_up_log_in_rename_change_password_and_log_out() -> Result<()> {
@@ -390,7 +226,7 @@ async fn a_session_survives_a_restart_with_its_database() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_version_1_database_is_upgraded_in_place() -> Result<()> {
+async fn a_version_1_database_is_upgraded_in_place_to_the_newest() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("v1.db");
     {
@@ -423,7 +259,7 @@ async fn a_version_1_database_is_upgraded_in_place() -> Result<()> {
     let version: i64 =
         rusqlite::Connection::open(&path)?
             .query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    assert_eq!(version, 2);
+    assert_eq!(version, server::sqlite::SCHEMA_VERSION, "every step up to the newest");
     Ok(())
 }
 
@@ -605,6 +441,37 @@ async fn passwords_and_tokens_are_never_logged() -> Result<()> {
     ensure!(log.lines().count() > 10, "the log is nearly empty: {log}");
     for secret in [password, new_password, "wrong-secret-3", &token] {
         ensure!(!log.contains(secret), "{secret:?} is in the log");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_tab_of_an_account_takes_back_what_the_other_tab_said_but_a_guest_cannot() -> Result<()>
+{
+    let server = start(&[]).await?;
+    let (cookie, profile) = account(&server, "ada").await?;
+    let mut guest = connect(&server).await?;
+    let (mut first_tab, _, _) = account_socket(&server, &cookie).await?;
+    let (mut second_tab, _, _) = account_socket(&server, &cookie).await?;
+    let mut asked = text("from tab one");
+    asked["ack"] = json!(true);
+    first_tab.send(Message::text(asked.to_string())).await?;
+    let seq = next_json(&mut first_tab).await?["sent"]["seq"].clone();
+    assert!(seq.is_u64(), "a receipt with the seq");
+    assert_eq!(next_json(&mut second_tab).await?["seq"], seq);
+    let said = recv_json(&mut guest.conn).await?;
+    assert_eq!((said["seq"].clone(), said["author"].clone()), (seq.clone(), profile["id"].clone()));
+
+    // The guest's id is not the account's: not its message.
+    guest.conn.send_json(&json!({"delete": seq})).await?;
+    let refused = recv_json(&mut guest.conn).await?;
+    assert_eq!(refused, json!({"error": format!("delete: message {seq} is not yours")}));
+
+    second_tab.send(Message::text(json!({"delete": seq}).to_string())).await?;
+    let deleted = json!({"deleted": {"channel": "feed", "seq": seq}});
+    assert_eq!(recv_json(&mut guest.conn).await?, deleted);
+    for tab in [&mut first_tab, &mut second_tab] {
+        assert_eq!(next_json(tab).await?, deleted, "both tabs are told");
     }
     Ok(())
 }

@@ -154,11 +154,7 @@ async fn malformed_frames_from_many_connections_never_hurt_the_chat() -> Result<
     let mut alice = connect(&server).await?;
     let mut bob = connect(&server).await?;
     // They chat in a room, so that every frame an offender receives is an answer to it.
-    alice.conn.send_json(&serde_json::json!({"channel": "random"})).await?;
-    alice.conn.recv_json().await?;
-    bob.conn.send_json(&serde_json::json!({"channel": "random"})).await?;
-    bob.conn.recv_json().await?;
-    alice.conn.recv_json().await?;
+    common::pair(&mut alice, &mut bob).await?;
     let offenders: Vec<_> = (0..OFFENDERS)
         .map(|n| tokio::spawn(offend(url.clone(), 0x9e37_79b9_7f4a_7c15 ^ (n as u64 + 1))))
         .collect();

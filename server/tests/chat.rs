@@ -167,8 +167,13 @@ async fn random_rooms_pair_two_and_keep_the_feed_apart() -> Result<()> {
     a.conn.send_json(&json!({"channel": "random"})).await?;
     assert_eq!(a.conn.recv_json().await?, waiting);
     b.conn.send_json(&json!({"channel": "random"})).await?;
+    // Each is told it is paired, then who the other is (presence).
+    let joined = |id: &str| json!({"presence": {"joined": {"id": id}}});
+    let left = |id: &str| json!({"presence": {"left": {"id": id}}});
     assert_eq!(a.conn.recv_json().await?, paired);
+    assert_eq!(a.conn.recv_json().await?, joined(&b.id));
     assert_eq!(b.conn.recv_json().await?, paired);
+    assert_eq!(b.conn.recv_json().await?, joined(&a.id));
     b.conn.send_json(&json!({"channel": "random"})).await?;
     assert_eq!(b.conn.recv_json().await?, paired);
     let h = health(&server).await?;
@@ -197,16 +202,21 @@ async fn random_rooms_pair_two_and_keep_the_feed_apart() -> Result<()> {
     // Leaving frees the place: the partner is told and waits for the next seeker.
     a.conn.send_json(&json!({"channel": "feed"})).await?;
     assert_eq!(a.conn.recv_json().await?, json!({"channel": "feed", "status": "joined"}));
+    assert_eq!(b.conn.recv_json().await?, left(&a.id));
     assert_eq!(b.conn.recv_json().await?, json!({"channel": "random", "status": "partner_left"}));
     feed.conn.send_json(&text("back")).await?;
     assert_eq!(a.conn.recv_json().await?["data"]["text"], "back");
     b.conn.expect_silence(QUIET).await?;
     feed.conn.send_json(&json!({"channel": "random"})).await?;
     assert_eq!(feed.conn.recv_json().await?, paired);
+    assert_eq!(feed.conn.recv_json().await?, joined(&b.id));
     assert_eq!(b.conn.recv_json().await?, paired);
+    assert_eq!(b.conn.recv_json().await?, joined(&feed.id));
 
     // Disconnecting frees it too.
+    let feed_id = feed.id.clone();
     feed.conn.close().await?;
+    assert_eq!(b.conn.recv_json().await?, left(&feed_id));
     assert_eq!(b.conn.recv_json().await?, json!({"channel": "random", "status": "partner_left"}));
     // Joining the feed from the feed still answers.
     a.conn.send_json(&json!({"channel": "feed"})).await?;

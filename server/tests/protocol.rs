@@ -13,11 +13,12 @@ fn text(text: &str, delay: Option<u64>) -> Inbound<'static> {
     Inbound::Chat {
         body: Body::Text(Cow::Owned(text.to_owned())),
         delay: delay.map(Duration::from_secs),
+        ack: false,
     }
 }
 
 fn emoji(emoji: &str) -> Inbound<'static> {
-    Inbound::Chat { body: Body::Emoji(Cow::Owned(emoji.to_owned())), delay: None }
+    Inbound::Chat { body: Body::Emoji(Cow::Owned(emoji.to_owned())), delay: None, ack: false }
 }
 
 #[test]
@@ -66,6 +67,20 @@ fn good_frames() {
             r#"{"type":"text","data":{"text":"/scheduler is not a command"}}"#,
             text("/scheduler is not a command", None),
         ),
+        (
+            r#"{"type":"emoji","data":{"emoji":"😋"},"ack":true}"#,
+            Inbound::Chat { body: Body::Emoji(Cow::Borrowed("😋")), delay: None, ack: true },
+        ),
+        (r#"{"delete":42}"#, Inbound::Delete(42)),
+        (
+            r#"{"channel":"room","room":"rust"}"#,
+            Inbound::Join(ChannelRequest::Named { name: Cow::Borrowed("rust"), after: None }),
+        ),
+        (
+            r#"{"channel":"room","room":"rust","after":7}"#,
+            Inbound::Join(ChannelRequest::Named { name: Cow::Borrowed("rust"), after: Some(7) }),
+        ),
+        (r#"{"channel":"feed","delete":42}"#, Inbound::Join(ChannelRequest::Feed)),
     ];
     for (frame, expected) in table {
         assert_eq!(parse(frame, &limits), Ok(expected), "{frame}");
@@ -100,7 +115,7 @@ fn bad_frames() {
         (&deep_schedule, "recursion limit"),
         ("{}", "a message needs \"type\""),
         (r#"{"author":"x"}"#, "a message needs \"type\""),
-        (r#"{"channel":"lobby"}"#, "channel must be \"random\" or \"feed\""),
+        (r#"{"channel":"lobby"}"#, "channel must be \"random\", \"feed\" or \"room\""),
         (r#"{"channel":7}"#, "bad message"),
         (r#"{"channel":null}"#, "a message needs \"type\""),
         (r#"{"type":"image","data":{"url":"x"}}"#, "type must be \"text\" or \"emoji\""),

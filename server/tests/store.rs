@@ -9,35 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use client::Connection;
 use client::message::text;
-use client::{Connection, RunningServer};
-use common::{health, recv_json, wait_health};
+use common::{database_in, health, recv_json, start_with, terminate, wait_health};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The server on the database at `path`, on `port` (0: a free one), with extra flags.
-async fn start_with(path: &Path, port: u16, args: &[&str]) -> Result<RunningServer> {
-    let database = path.to_str().context("a UTF-8 path")?;
-    let mut all = vec!["--database", database];
-    all.extend_from_slice(args);
-    RunningServer::start_on_port(env!("CARGO_BIN_EXE_server"), &all, port).await
-}
-
-/// SIGTERM, and the process must exit cleanly.
-async fn terminate(server: &mut RunningServer) -> Result<()> {
-    let pid = server.pid().context("no pid")?;
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
-    ensure!(status.success(), "kill -TERM failed");
-    let exit = server.wait_exit(WAIT).await?;
-    ensure!(exit.success(), "the server exited with {exit:?}");
-    Ok(())
-}
-
-fn database_in(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("chatterbox.db")
-}
 
 /// Connects to `url` (with any query), reads the id, then every frame until `count` chat
 /// frames have come; returns them.

@@ -2,15 +2,40 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod api;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use client::{Connection, Frame, RunningServer};
 use serde_json::Value;
 
 /// Starts the server binary on a free port with the given flags.
 pub async fn start(args: &[&str]) -> Result<RunningServer> {
     RunningServer::start(env!("CARGO_BIN_EXE_server"), args).await
+}
+
+/// The server on the database at `path`, on `port` (0: a free one), with extra flags.
+pub async fn start_with(path: &Path, port: u16, args: &[&str]) -> Result<RunningServer> {
+    let database = path.to_str().context("a UTF-8 path")?;
+    let mut all = vec!["--database", database];
+    all.extend_from_slice(args);
+    RunningServer::start_on_port(env!("CARGO_BIN_EXE_server"), &all, port).await
+}
+
+/// SIGTERM, and the process must exit cleanly.
+pub async fn terminate(server: &mut RunningServer) -> Result<()> {
+    let pid = server.pid().context("no pid")?;
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    ensure!(status.success(), "kill -TERM failed");
+    let exit = server.wait_exit(Duration::from_secs(10)).await?;
+    ensure!(exit.success(), "the server exited with {exit:?}");
+    Ok(())
+}
+
+pub fn database_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("chatterbox.db")
 }
 
 /// A connection that has read its `{"id"}` frame.
@@ -26,6 +51,19 @@ pub async fn connect(server: &RunningServer) -> Result<Client> {
 pub async fn connect_url(url: &str) -> Result<Client> {
     let (conn, id) = Connection::join(url).await?;
     Ok(Client { conn, id })
+}
+
+/// Pairs `a` (waiting) with `b` in a random room, and reads past the notices and each one's
+/// `{"presence": {"joined"}}` about the other.
+pub async fn pair(a: &mut Client, b: &mut Client) -> Result<()> {
+    a.conn.send_json(&client::message::join("random")).await?;
+    a.conn.recv_json().await?; // waiting
+    b.conn.send_json(&client::message::join("random")).await?;
+    for conn in [&mut a.conn, &mut b.conn] {
+        conn.recv_json().await?; // paired
+        conn.recv_json().await?; // who the other is
+    }
+    Ok(())
 }
 
 /// GET `path` on the server; returns the status and the body.
