@@ -453,6 +453,44 @@ async fn two_pages_chat_through_the_server() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_in_a_random_pair_and_a_deleted_message_show_as_quiet_lines() -> Result<()> {
+    with_browser(|browser| async move {
+        let (server, alice, bob) = server_and_two_pages(&browser).await?;
+        // A message in the feed, taken back by its author (a raw client: the page has no
+        // delete button yet).
+        let (mut raw, _) = Connection::join(&server.ws_url()).await?;
+        raw.send_json(&json!({"type": "text", "data": {"text": "oops"}, "ack": true})).await?;
+        let seq = raw.recv_json().await?["sent"]["seq"].clone();
+        alice.wait_message("other", "oops").await?;
+        raw.send_json(&json!({"delete": seq})).await?;
+        alice
+            .wait_for(
+                "document.querySelector('#messages li.deleted')?.textContent.includes('message deleted')",
+                json!(true),
+                "the deleted message",
+            )
+            .await?;
+        // The finished server tells a random pair who comes and goes: lines, not raw frames.
+        alice.click("#random").await?;
+        alice.wait_system("waiting").await?;
+        bob.click("#random").await?;
+        alice.wait_system("presence").await?;
+        bob.click("#feed").await?;
+        alice.wait_system("partner_left").await?;
+        let lines = alice
+            .eval("return [...document.querySelectorAll('#messages li.system[data-status=presence]')].map(li => li.textContent);")
+            .await?;
+        let lines = lines.as_array().cloned().unwrap_or_default();
+        assert!(lines.iter().any(|line| line.as_str().is_some_and(|l| l.ends_with(" joined"))), "{lines:?}");
+        assert!(lines.iter().any(|line| line.as_str().is_some_and(|l| l.ends_with(" left"))), "{lines:?}");
+        let raw_frames = alice.eval("return document.querySelectorAll('#messages li.raw').length;").await?;
+        assert_eq!(raw_frames, json!(0), "a frame was shown raw");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_message_arrives_on_both_pages() -> Result<()> {
     with_browser(|browser| async move {
         let Chat { alice, bob, alice_id, .. } = &Chat::open(&browser, "lesson04").await?;

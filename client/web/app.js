@@ -344,6 +344,13 @@ function receive(text) {
     keepingBottom(updateEarlier);
     return showSystem(line, frame.status);
   }
+  // The finished server's presence, typing, "who" and deletions (docs/PROTOCOL.md). Each is
+  // one key alone; a lesson never sends them.
+  const only = (key) => isObject(frame[key]) && Object.keys(frame).length === 1;
+  if (only("presence")) return receivePresence(frame.presence);
+  if (only("deleted")) return receiveDeleted(frame.deleted);
+  if (only("who")) return receiveWho(frame.who);
+  if (only("typing") || only("sent")) return; // no typing indicator yet; acks are not asked for
   // {"history": {...}} alone is the finished server's, and only a server that numbers its
   // messages is listened to (lessons 01-02 relay whatever a client sent).
   if (feed.numbered && isObject(frame.history) && Object.keys(frame).length === 1) {
@@ -361,6 +368,35 @@ function receive(text) {
   const chat = chatContent(frame);
   if (!chat) return showRaw(text); // some other object: show it rather than drop it
   receiveChat(frame, { ...chat, author: frame.author, name: frame.name, own, at: frame.at });
+}
+
+// Who a presence or "who" entry is: the display name, else the short id.
+function personLabel(person) {
+  const name = isObject(person) && typeof person.name === "string" ? person.name.trim() : "";
+  return name !== "" ? name : shortId(person?.id);
+}
+
+// {"joined": person} or {"left": person}: a quiet line.
+function receivePresence(presence) {
+  if (isObject(presence.joined)) return showSystem(`${personLabel(presence.joined)} joined`, "presence");
+  if (isObject(presence.left)) return showSystem(`${personLabel(presence.left)} left`, "presence");
+}
+
+// {"channel", "seq"}: a message taken back by its author; shown as gone where it is on screen.
+function receiveDeleted(deleted) {
+  if (deleted.channel !== "feed" || state.channel !== "feed" || !Number.isSafeInteger(deleted.seq)) return;
+  const item = document.querySelector(`#messages li[data-seq="${deleted.seq}"]`);
+  if (!item) return;
+  item.classList.add("deleted");
+  const bubble = item.querySelector(".bubble");
+  if (bubble) bubble.textContent = "message deleted";
+}
+
+// {"count", "members"}: who is here.
+function receiveWho(who) {
+  const members = Array.isArray(who.members) ? who.members.map(personLabel) : [];
+  const count = Number.isSafeInteger(who.count) ? who.count : members.length;
+  showSystem(`${count} here${members.length ? `: ${members.join(", ")}` : ""}`, "who");
 }
 
 function isObject(value) {
