@@ -289,6 +289,7 @@ async fn unknown_commands_are_refused_with_the_list_of_commands() -> Result<()> 
         let word = typo.split(' ').next().unwrap_or_default();
         chat.stderr_line(&format!("unknown command {word}")).await?;
         chat.stderr_line("/random").await?; // the list of commands follows
+        chat.stderr_line("/join ROOM").await?; // with the rooms' commands
     }
     // Neither typo reached anyone: the next frame the other side gets is this one.
     chat.type_line("no typo").await?;
@@ -326,6 +327,7 @@ async fn help_addresses_and_connection_errors_read_well() -> Result<()> {
     let first = help.lines().next().unwrap_or_default();
     assert!(first.starts_with("chat: talk to a chatterbox server"), "{first}");
     assert!(help.contains("--raw") && help.contains("/schedule"), "{help}");
+    assert!(help.contains("--seqs") && help.contains("/delete SEQ"), "{help}");
 
     let (_, stderr) = output_of(&["http://127.0.0.1:8000/"]).await?;
     assert_eq!(
@@ -535,5 +537,134 @@ async fn a_wrong_password_or_no_account_is_explained() -> Result<()> {
     chat.stderr_line("! /name needs an account: start chat with --user NAME").await?;
     chat.type_line("/quit").await?;
     assert!(chat.exit().await?.success());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The finished server: named rooms, presence, who and taking a message back
+
+/// Creates the named room `name` as the account whose session `cookie` is (`POST /api/rooms`).
+async fn create_room(server: &RunningServer, cookie: &str, name: &str, topic: &str) -> Result<()> {
+    let body = json!({"name": name, "topic": topic}).to_string();
+    let authority = format!("127.0.0.1:{}", server.port());
+    let headers = [("Cookie", cookie)];
+    let response =
+        client::http::request(&authority, "POST", "/api/rooms", &headers, Some(&body)).await?;
+    anyhow::ensure!(
+        response.status == 201,
+        "creating {name} answered {}: {}",
+        response.status,
+        response.body
+    );
+    Ok(())
+}
+
+/// A guest connection that has entered the named room `room`; returns it and its id.
+async fn guest_in_room(server: &RunningServer, room: &str) -> Result<(Connection, String)> {
+    let (mut guest, id) = Connection::join(&server.ws_url()).await?;
+    guest.send_json(&json!({"channel": "room", "room": room})).await?;
+    while guest.recv_json().await?["status"] != "joined" {}
+    Ok((guest, id))
+}
+
+/// The next frame on `connection` that has `key`, skipping the others.
+async fn next_with(connection: &mut Connection, key: &str) -> Result<Value> {
+    loop {
+        let frame = connection.recv_json().await?;
+        if frame.get(key).is_some() {
+            return Ok(frame);
+        }
+    }
+}
+
+#[tokio::test]
+async fn rooms_are_listed_joined_and_talked_in_with_presence_and_who() -> Result<()> {
+    let server = finished_server("memory", 0, &[]).await?;
+    let cookie = sign_up(&server, "ada", "correct horse").await?;
+    create_room(&server, &cookie, "rust", "all things crab").await?;
+    let (mut member, member_id) = guest_in_room(&server, "rust").await?;
+    let (mut feed, _) = Connection::join(&server.ws_url()).await?;
+    let (mut chat, chat_id) = connected_chat(&server).await?;
+
+    chat.type_line("/rooms").await?;
+    assert_eq!(chat.stdout_line("* room ").await?, "* room rust (1 online): all things crab");
+
+    chat.type_line("/join rust").await?;
+    let joined = chat.stdout_line("* joined").await?;
+    assert_eq!(joined, format!("* joined rust: 2 here: {}, me", &member_id[..8]));
+    let presence = next_with(&mut member, "presence").await?;
+    let newcomer = presence["presence"]["joined"]["id"].as_str().unwrap_or_default();
+    assert!(newcomer.starts_with(&chat_id), "{presence}");
+
+    // Said in the room: the member hears it.
+    chat.type_line("hello room").await?;
+    let frame = next_with(&mut member, "type").await?;
+    assert_eq!(frame["data"]["text"], "hello room", "{frame}");
+
+    chat.type_line("/who").await?;
+    let who = chat.stdout_line(" here: ").await?;
+    assert_eq!(who, format!("* 2 here: {}, me", &member_id[..8]));
+
+    // Others coming and going are told as `*` lines.
+    let (visitor, visitor_id) = guest_in_room(&server, "rust").await?;
+    assert_eq!(chat.stdout_line("joined").await?, format!("* {} joined", &visitor_id[..8]));
+    visitor.close().await?;
+    assert_eq!(chat.stdout_line("left").await?, format!("* {} left", &visitor_id[..8]));
+
+    // Back in the feed: what chat says there is the first message the feed hears, so
+    // "hello room" never reached it.
+    chat.type_line("/feed").await?;
+    chat.stdout_line("* back in the feed").await?;
+    chat.type_line("hello feed").await?;
+    let frame = next_with(&mut feed, "type").await?;
+    assert_eq!(frame["data"]["text"], "hello feed", "{frame}");
+    // The member saw the visitor come and go, then chat leave.
+    let chat_left = loop {
+        let presence = next_with(&mut member, "presence").await?;
+        let left = presence["presence"]["left"]["id"].as_str().unwrap_or_default().to_owned();
+        if left.starts_with(&chat_id) {
+            break left;
+        }
+    };
+    assert_eq!(chat_left.len(), 32, "{chat_left}");
+
+    // A room that does not exist, and /join without a name.
+    chat.type_line("/join nowhere").await?;
+    chat.stdout_line("! error: there is no room named").await?;
+    chat.type_line("/join").await?;
+    chat.stderr_line("! /join needs a room name").await?;
+    chat.type_line("/quit").await?;
+    assert!(chat.exit().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_seqs_a_message_can_be_taken_back_and_others_see_it_go() -> Result<()> {
+    let server = finished_server("memory", 0, &[]).await?;
+    let url = server.ws_url();
+    let mut ada = Chat::start_with(&["--seqs", &url])?;
+    let ada_id = ada.stdout_line("* connected as ").await?.replace("* connected as ", "");
+    let mut bob = Chat::start_with(&["--seqs", &url])?;
+    bob.stdout_line("* connected as ").await?;
+
+    ada.type_line("take this back").await?;
+    let sent = ada.stdout_line("* sent as #").await?;
+    let seq: u64 = sent.trim_start_matches("* sent as #").parse().context(sent.clone())?;
+    let seen = bob.stdout_line("take this back").await?;
+    assert_eq!(seen, format!("#{seq} [{ada_id}] take this back"));
+
+    // Someone else's message is not theirs to take back.
+    bob.type_line(&format!("/delete {seq}")).await?;
+    let refused = bob.stdout_line("! error").await?;
+    assert_eq!(refused, format!("! error: delete: message {seq} is not yours"));
+
+    ada.type_line(&format!("/delete {seq}")).await?;
+    assert_eq!(bob.stdout_line("deleted").await?, format!("* message #{seq} deleted"));
+    assert_eq!(ada.stdout_line("deleted").await?, format!("* message #{seq} deleted"));
+
+    ada.type_line("/delete soon").await?;
+    ada.stderr_line("! /delete needs a message number").await?;
+    ada.type_line("/quit").await?;
+    assert!(ada.exit().await?.success());
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! `cargo run -p client --bin chat -- ws://127.0.0.1:8000/`: chat from a terminal, or a script.
 //!
 //! Each line read from stdin is sent as a text message, except the commands:
-//! `/schedule ... message TEXT`, `/random`, `/feed`, `/emoji 😋`, `/help` and `/quit`; any other
-//! `/word` is refused with the list of commands, so a typo never reaches everyone.
+//! `/schedule ... message TEXT`, `/random`, `/feed`, `/emoji 😋`, `/name`, `/rooms`, `/join ROOM`,
+//! `/who`, `/delete SEQ`, `/help` and `/quit`; any other `/word` is refused with the list of
+//! commands, so a typo never reaches everyone.
 //! What arrives is printed one line per frame on stdout, so the output can be piped too;
 //! mistakes in what you typed are explained on stderr. At the end of stdin (or `/quit`) the
 //! client closes the connection politely and waits for the server's answer, so every line
@@ -19,11 +20,17 @@
 //! that account, and `/name NEW NAME` changes the display name (`PATCH /api/me`). Messages that
 //! carry a display name (`"name"`) are shown under it instead of the short id.
 //!
+//! Named rooms (the finished server): `/rooms` lists them (`GET /api/rooms`, with the session
+//! cookie when logged in), `/join ROOM` enters one, `/who` says who is in the current channel and
+//! `/delete SEQ` takes back one of your messages. Presence, typing and deletions are printed as
+//! `* ...` lines. With `--seqs` every numbered message is printed with its seq (`#42 [ada] hi`)
+//! and each of yours is acknowledged with its seq (`* sent as #43`), so you know what to delete.
+//!
 //! With `--raw`, each line is sent exactly as typed and each text frame is printed exactly as
 //! it came: for the lessons' guides, which send JSON by hand (and frames that are not JSON). It
 //! does not reconnect: it shows the protocol as it is (give `ws://HOST/?after=SEQ` yourself).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -67,6 +74,10 @@ commands:
   /feed                                   back to the feed everyone shares
   /emoji 😋                               send an emoji
   /name NEW NAME                          change your display name (with --user)
+  /rooms                                  list the named rooms (the finished server)
+  /join ROOM                              enter the named room ROOM
+  /who                                    who is in this channel
+  /delete SEQ                             take back your message #SEQ (--seqs shows them)
   /help                                   this list
   /quit                                   leave (so does the end of input)";
 
@@ -88,6 +99,11 @@ struct Args {
     /// terminal without echo, or from the environment variable CHATTERBOX_PASSWORD.
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+
+    /// Print each numbered message with its seq (`#42 [ada] hi`) and ask the server for the
+    /// seq of each of yours (`* sent as #43`): the numbers `/delete SEQ` takes.
+    #[arg(long)]
+    seqs: bool,
 }
 
 /// Where the password for `--user` may come from instead of the terminal (for scripts).
@@ -113,7 +129,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(run(&args.server, args.raw, login));
+    let outcome = runtime.block_on(run(&args.server, args.raw, args.seqs, login));
     // Reading stdin is a blocking read that cannot be cancelled: waiting for it at shutdown
     // would keep the process alive after the server left, until the user pressed Enter.
     runtime.shutdown_background();
@@ -143,6 +159,8 @@ enum Command {
     Send(Value),
     /// `/name NEW NAME`: the account's display name, through the HTTP API.
     Rename(String),
+    /// `/rooms`: the named rooms, through the HTTP API.
+    Rooms,
     Quit,
     Nothing,
 }
@@ -157,9 +175,9 @@ enum Ending {
     Failed(anyhow::Error),
 }
 
-async fn run(server: &str, raw: bool, login: Option<(String, String)>) -> Result<()> {
+async fn run(server: &str, raw: bool, seqs: bool, login: Option<(String, String)>) -> Result<()> {
     check_scheme(server)?;
-    let mut session = Session::default();
+    let mut session = Session { server: server.to_owned(), seqs, ..Session::default() };
     if let Some((user, password)) = login {
         session.account = Some(Account::log_in(server, &user, &password).await?);
     }
@@ -204,12 +222,23 @@ async fn converse(
                     Message::text(line.clone())
                 } else {
                     match command(&line, session.my_id.as_deref()) {
-                        Command::Send(frame) => {
+                        Command::Send(mut frame) => {
                             session.sent(&frame);
+                            // A receipt with the seq, for a live (not scheduled) message.
+                            if session.seqs
+                                && chat_content(&frame).is_some()
+                                && frame["data"].get("schedule").is_none()
+                            {
+                                frame["ack"] = json!(true);
+                            }
                             Message::text(frame.to_string())
                         }
                         Command::Rename(name) => {
                             session.rename(&name).await;
+                            continue;
+                        }
+                        Command::Rooms => {
+                            session.rooms().await;
                             continue;
                         }
                         Command::Quit => break,
@@ -343,6 +372,24 @@ fn command(line: &str, my_id: Option<&str>) -> Command {
             Command::Nothing
         }
         "/name" => Command::Rename(rest.trim().to_owned()),
+        "/rooms" => Command::Rooms,
+        "/who" => Command::Send(json!({"who": true})),
+        "/join" => match rest.trim() {
+            "" => {
+                eprintln!("! /join needs a room name, as in: /join rust (/rooms lists them)");
+                Command::Nothing
+            }
+            room => Command::Send(json!({"channel": "room", "room": room})),
+        },
+        "/delete" => match rest.trim().trim_start_matches('#').parse::<u64>() {
+            Ok(seq) => Command::Send(json!({"delete": seq})),
+            Err(_) => {
+                eprintln!(
+                    "! /delete needs a message number, as in: /delete 42 (--seqs shows them)"
+                );
+                Command::Nothing
+            }
+        },
         // A typo such as /randon must not go to everyone as chat.
         _ if word.starts_with('/') && word.len() > 1 => {
             eprintln!("! unknown command {word}; {HELP}");
@@ -370,6 +417,13 @@ struct Session {
     unconfirmed: VecDeque<(String, String)>,
     /// The account logged in with `--user`, if any.
     account: Option<Account>,
+    /// The ws:// address given: `/rooms` asks the API on its host and port.
+    server: String,
+    /// `--seqs`: print messages' seqs, and ask for receipts of ours.
+    seqs: bool,
+    /// Display names seen (in members, presence, who and messages), by id: a `left` frame
+    /// carries none.
+    names: HashMap<String, String>,
 }
 
 /// How many of our own messages [`Session::unconfirmed`] remembers.
@@ -396,6 +450,96 @@ impl Session {
         match account.rename(name).await {
             Ok(name) => say!("* your name is now {name}"),
             Err(error) => eprintln!("! /name: {}", one_line(&error)),
+        }
+    }
+
+    /// `/rooms`: one line per named room, or on stderr why not.
+    async fn rooms(&self) {
+        let listing = async {
+            let (authority, cookie) = match &self.account {
+                Some(account) => (account.authority.clone(), Some(account.cookie.as_str())),
+                None => (api_authority(&self.server)?, None),
+            };
+            let cookie: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+            let response = http::request(&authority, "GET", "/api/rooms", &cookie, None).await?;
+            if response.status != 200 {
+                bail!("{}", api_error(&response));
+            }
+            let rooms: Value =
+                serde_json::from_str(&response.body).context("the list of rooms is not JSON")?;
+            rooms.as_array().cloned().context("the list of rooms is not a list")
+        };
+        match listing.await {
+            Ok(rooms) if rooms.is_empty() => say!("* no rooms yet"),
+            Ok(rooms) => {
+                for room in rooms {
+                    let name = room["name"].as_str().unwrap_or("?");
+                    let online = room["online"].as_u64().unwrap_or(0);
+                    match room["topic"].as_str().filter(|topic| !topic.is_empty()) {
+                        Some(topic) => say!("* room {name} ({online} online): {topic}"),
+                        None => say!("* room {name} ({online} online)"),
+                    }
+                }
+            }
+            Err(error) => eprintln!("! /rooms: {}", one_line(&error)),
+        }
+    }
+
+    /// Remembers the display name in `person` (`{"id","name"?}`) and returns how to show it:
+    /// the name, else the short id; `me` for ourselves.
+    fn person(&mut self, person: &Value) -> String {
+        let Some(id) = person["id"].as_str() else { return "?".into() };
+        if self.ids.iter().any(|mine| mine == id) {
+            return "me".into();
+        }
+        if let Some(name) = person["name"].as_str().filter(|name| !name.is_empty()) {
+            self.names.insert(id.to_owned(), name.to_owned());
+        }
+        self.names.get(id).cloned().unwrap_or_else(|| short(id).to_owned())
+    }
+
+    /// `members` (`[{"id","name"?}, ...]`) as `ada, bob, 1c75f06f`.
+    fn people(&mut self, members: &Value) -> String {
+        let members = members.as_array().map(Vec::as_slice).unwrap_or_default();
+        let names: Vec<String> = members.iter().map(|member| self.person(member)).collect();
+        names.join(", ")
+    }
+
+    /// The line for a frame of named rooms, presence, who or deletions, if it is one.
+    fn room_notice(&mut self, frame: &serde_json::Map<String, Value>) -> Option<String> {
+        if let (Some("room"), Some("joined"), Some(room)) = (
+            frame.get("channel").and_then(Value::as_str),
+            frame.get("status").and_then(Value::as_str),
+            frame.get("room").and_then(Value::as_str),
+        ) {
+            self.in_feed = false;
+            let members = frame.get("members").cloned().unwrap_or_default();
+            let count = members.as_array().map_or(0, Vec::len);
+            return Some(format!("joined {room}: {count} here: {}", self.people(&members)));
+        }
+        if frame.len() != 1 {
+            return None;
+        }
+        let (key, value) = frame.iter().next()?;
+        match key.as_str() {
+            "presence" => {
+                if let Some(person) = value.get("joined") {
+                    return Some(format!("{} joined", self.person(person)));
+                }
+                let person = value.get("left")?;
+                Some(format!("{} left", self.person(person)))
+            }
+            "typing" if value.is_object() => Some(format!("{} is typing", self.person(value))),
+            "who" => {
+                let count = value["count"].as_u64()?;
+                let members = &value["members"];
+                let listed = members.as_array().map_or(0, Vec::len) as u64;
+                let more = if count > listed { ", ..." } else { "" };
+                Some(format!("{count} here: {}{more}", self.people(members)))
+            }
+            "deleted" => Some(format!("message #{} deleted", value["seq"].as_u64()?)),
+            "sent" => Some(format!("sent as #{}", value["seq"].as_u64()?)),
+            _ => None,
         }
     }
 
@@ -458,6 +602,10 @@ impl Session {
             say!("! error: {reason}");
             return;
         }
+        if let Some(line) = self.room_notice(&frame) {
+            say!("* {line}");
+            return;
+        }
         if let (Some(channel), Some(status)) = (
             frame.get("channel").and_then(Value::as_str),
             frame.get("status").and_then(Value::as_str),
@@ -498,6 +646,9 @@ impl Session {
             }
             Some(_) => {} // a random room's own numbers: not the feed's
         }
+        if let (Some(author), Some(name)) = (author, frame["name"].as_str()) {
+            self.names.insert(author.to_owned(), name.to_owned());
+        }
         let author = match author {
             Some(_) if own => "me",
             // An account's display name; a guest's message carries none.
@@ -507,7 +658,10 @@ impl Session {
             None => "?",
         };
         let earlier = if history { "(earlier) " } else { "" };
-        say!("{earlier}[{author}] {body}");
+        match frame["seq"].as_u64() {
+            Some(seq) if self.seqs => say!("{earlier}#{seq} [{author}] {body}"),
+            _ => say!("{earlier}[{author}] {body}"),
+        }
     }
 
     /// One of ours came back in a resumed history: forget it rather than print it again.
@@ -592,7 +746,9 @@ impl Account {
 fn api_authority(server: &str) -> Result<String> {
     let uri: Uri = server.parse().with_context(|| format!("{server} is not a valid address"))?;
     if uri.scheme_str() != Some("ws") {
-        bail!("--user needs a ws:// address (this client logs in over plain HTTP), not {server}");
+        bail!(
+            "the account API needs a ws:// address (this client speaks plain HTTP), not {server}"
+        );
     }
     let host = uri.host().with_context(|| format!("{server} has no host"))?;
     Ok(format!("{host}:{}", uri.port_u16().unwrap_or(80)))
