@@ -169,6 +169,28 @@ async fn a_picture_is_uploaded_resized_and_served_and_a_default_drawn_without_on
 }
 
 #[tokio::test]
+async fn jpeg_and_webp_are_taken_too() -> Result<()> {
+    let server = start(&[]).await?;
+    let port = server.port();
+    let (cookie, profile) = account(&server, "formats").await?;
+    let path = format!("/avatars/{}", id_of(&profile)?);
+    for (format, colour) in [(ImageFormat::Jpeg, [30, 30, 220]), (ImageFormat::WebP, [30, 220, 30])]
+    {
+        let mut file = Cursor::new(Vec::new());
+        RgbImage::from_pixel(16, 16, Rgb(colour)).write_to(&mut file, format)?;
+        let headers = [("Cookie", cookie.as_str())];
+        let uploaded =
+            send(port, "POST", "/api/me/avatar", &headers, Some(&file.into_inner())).await?;
+        assert_eq!(uploaded.status, 204, "{format:?}: {}", uploaded.text());
+        let picture = served(&send(port, "GET", &path, &[], None).await?)?;
+        let pixel = picture.get_pixel(128, 128);
+        let close = pixel.0.iter().zip(colour).all(|(got, want)| got.abs_diff(want) <= 8);
+        assert!(close, "{format:?}: {pixel:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_pictures_and_requests_are_refused() -> Result<()> {
     let server = start(&[]).await?;
     let port = server.port();
