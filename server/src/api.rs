@@ -1,9 +1,9 @@
 //! The accounts' HTTP JSON API under `/api` (docs/PROTOCOL.md):
 //! `POST /api/signup`, `POST /api/login`, `POST /api/logout`, `GET /api/me`, `PATCH /api/me`,
-//! `POST /api/me/password`.
+//! `POST /api/me/password`, `POST /api/me/avatar`; and `GET /avatars/{id}`.
 //!
 //! Every request is answered here, never passed on: bodies are read up to `--max-json-bytes`
-//! (larger: `413`), bad JSON gets `400` with serde's reason, and every error is
+//! (a picture: `--max-avatar-bytes`; larger: `413`), bad JSON gets `400` with serde's reason, and every error is
 //! `{"error": TEXT}`. A request with an `Origin` that is neither the server's own nor an
 //! `--allow-origin` is refused `403` (cross-site request forgery). Store calls and password
 //! hashing run off the async runtime.
@@ -21,6 +21,7 @@ use warp::reply::Reply;
 
 use crate::Server;
 use crate::accounts::{self, Busy, Invalid, Profile, SESSION_COOKIE, Token};
+use crate::avatar;
 use crate::connections::ClientAddress;
 use crate::http::{Peer, client_ip};
 use crate::hub::{RoomInfo, RoomRefused};
@@ -51,7 +52,11 @@ pub async fn handle<B: Buf>(
     if foreign_origin(&request.headers, &options.allowed_origins) {
         return error(StatusCode::FORBIDDEN, "cross-origin request refused").into_response();
     }
-    let body = match read_body(&request.headers, body, options.max_json_bytes).await {
+    let limit = match request.path.as_str() {
+        "me/avatar" => options.max_avatar_bytes,
+        _ => options.max_json_bytes,
+    };
+    let body = match read_body(&request.headers, body, limit).await {
         Ok(body) => body,
         Err(refusal) => return refusal.into_response(),
     };
@@ -63,9 +68,10 @@ pub async fn handle<B: Buf>(
         ("GET", "me") => api.me().await,
         ("PATCH", "me") => api.rename().await,
         ("POST", "me/password") => api.change_password().await,
+        ("POST", "me/avatar") => api.set_avatar().await,
         ("GET", "rooms") => Ok(warp::reply::json(&server.hub.rooms()).into_response()),
         ("POST", "rooms") => api.create_room().await,
-        (_, "signup" | "login" | "logout" | "me" | "me/password" | "rooms") => {
+        (_, "signup" | "login" | "logout" | "me" | "me/password" | "me/avatar" | "rooms") => {
             Err(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         _ => Err(error(StatusCode::NOT_FOUND, "no such endpoint")),
@@ -423,6 +429,27 @@ impl Api<'_> {
         Ok(profile(StatusCode::OK, &account))
     }
 
+    /// `POST /api/me/avatar` with a PNG, JPEG or WebP body: re-encoded as a 256×256 PNG and
+    /// kept, `204`; a body that is not such a picture, or declares more than
+    /// `--max-avatar-pixels` a side, `400`. Decoding runs on the blocking pool, two at once.
+    async fn set_avatar(&self) -> Result<Response, ApiError> {
+        let (account, _) = self.account().await?;
+        if self.body.is_empty() {
+            return Err(error(StatusCode::BAD_REQUEST, "no picture in the body"));
+        }
+        let max_side = self.server.limits.accounts.max_avatar_pixels;
+        let permit = avatar::DECODING.acquire().await.map_err(internal)?;
+        let bytes = self.body.to_vec();
+        let png = tokio::task::spawn_blocking(move || avatar::reencode(&bytes, max_side))
+            .await
+            .map_err(internal)?;
+        drop(permit);
+        let png = png.map_err(|reason| error(StatusCode::BAD_REQUEST, reason))?;
+        let id = account.id;
+        blocking(self.server, move |store| store.set_avatar(&id, &png)).await?;
+        Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    }
+
     async fn change_password(&self) -> Result<Response, ApiError> {
         let (account, token) = self.account().await?;
         let PasswordChange { current, new } = self.json()?;
@@ -437,6 +464,53 @@ impl Api<'_> {
         blocking(self.server, move |store| store.set_password_hash(&id, &hash, &keep)).await?;
         Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
     }
+}
+
+/// `GET /avatars/{id}` (and `HEAD`): the account's picture as PNG, or the one drawn from its
+/// id when it has none; `404` for an id that is no account's. `Cache-Control: no-cache` with
+/// an `ETag`, so that a changed picture is seen at once and an unchanged one costs a `304`.
+pub async fn avatar(server: Arc<Server>, id: String, headers: HeaderMap) -> Response {
+    let not_found = || error(StatusCode::NOT_FOUND, "no such account").into_response();
+    if id.len() != 32 || !id.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')) {
+        return not_found();
+    }
+    let lookup = id.clone();
+    let found = blocking(&server, move |store| {
+        Ok(match store.account_by_id(&lookup)? {
+            Some(_) => Some(store.avatar(&lookup)?),
+            None => None,
+        })
+    })
+    .await;
+    let png = match found {
+        Ok(Some(Some(png))) => png,
+        Ok(Some(None)) => match tokio::task::spawn_blocking(move || avatar::generated(&id)).await {
+            Ok(png) => png,
+            Err(error) => return internal(error).into_response(),
+        },
+        Ok(None) => return not_found(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    let etag = avatar::etag(&png);
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|tag| tag.trim() == etag || tag.trim() == "*");
+    let mut response = match unchanged {
+        true => warp::reply::with_status(warp::reply(), StatusCode::NOT_MODIFIED).into_response(),
+        false => png.into_response(),
+    };
+    let headers = response.headers_mut();
+    if !unchanged {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -173,6 +173,16 @@ pub struct AccountOptions {
     #[arg(long, default_value_t = 8 * 1024)]
     pub max_json_bytes: usize,
 
+    /// Largest picture `POST /api/me/avatar` may send, in bytes; larger: HTTP 413 (refused
+    /// while it arrives).
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub max_avatar_bytes: usize,
+
+    /// Widest and tallest picture, in pixels, that is decoded; a larger declared size is
+    /// refused (HTTP 400) before any pixel is decoded.
+    #[arg(long, default_value_t = 8_000)]
+    pub max_avatar_pixels: u32,
+
     /// Password hashes (Argon2id) computed at once at most; more wait. Default: half the CPU
     /// cores, at least 1, so that a flood of logins cannot take every core from the chat.
     #[arg(long)]

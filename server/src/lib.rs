@@ -26,6 +26,7 @@
 
 pub mod accounts;
 mod api;
+mod avatar;
 mod command;
 pub mod config;
 mod connections;

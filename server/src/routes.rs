@@ -74,6 +74,13 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
             let request = ApiRequest { method, path: tail.as_str().to_owned(), headers, peer };
             api::handle(api_server.clone(), request, body)
         });
+    let avatar_server = server.clone();
+    let avatars = warp::get()
+        .or(warp::head())
+        .unify()
+        .and(warp::path!("avatars" / String))
+        .and(warp::header::headers_cloned())
+        .then(move |id: String, headers| api::avatar(avatar_server.clone(), id, headers));
     let health = warp::get()
         .or(warp::head())
         .unify()
@@ -89,6 +96,8 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(warp::reply::Response,)> {
     });
     websocket
         .or(api)
+        .unify()
+        .or(avatars)
         .unify()
         .or(health)
         .unify()

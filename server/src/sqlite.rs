@@ -38,7 +38,7 @@ use crate::store::{
 };
 
 /// The schema this binary writes. A file with a higher `user_version` is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Written into every chatterbox database (`PRAGMA application_id`): "CBOX".
 const APPLICATION_ID: i64 = 0x4342_4F58;
@@ -295,6 +295,19 @@ fn migrate(connection: &Connection, version: i64) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    if version < 4 {
+        // Profile pictures: each account's, as the 256×256 PNG the server re-encoded.
+        connection.execute_batch(
+            "BEGIN;
+             CREATE TABLE avatars (
+                 account TEXT PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+                 png BLOB NOT NULL,
+                 updated_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 4;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -387,6 +400,22 @@ impl AccountStore for SqliteStore {
             })
         })?;
         Ok(rooms.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn set_avatar(&self, id: &str, png: &[u8]) -> anyhow::Result<()> {
+        self.accounts().execute(
+            "INSERT INTO avatars (account, png, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account) DO UPDATE SET png = excluded.png, updated_ms = excluded.updated_ms",
+            params![id, png, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn avatar(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let connection = self.accounts();
+        let mut statement =
+            connection.prepare_cached("SELECT png FROM avatars WHERE account = ?1")?;
+        Ok(statement.query_row([id], |row| row.get(0)).optional()?)
     }
 
     fn account_by_username(&self, username: &str) -> anyhow::Result<Option<StoredAccount>> {

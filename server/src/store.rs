@@ -142,6 +142,12 @@ pub trait AccountStore: Send + Sync {
 
     /// Every named room, oldest first.
     fn rooms(&self) -> anyhow::Result<Vec<StoredRoom>>;
+
+    /// Keeps `png` as the account's picture, replacing the one it had.
+    fn set_avatar(&self, id: &str, png: &[u8]) -> anyhow::Result<()>;
+
+    /// The account's picture, if it has set one.
+    fn avatar(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>>;
 }
 
 /// The store, whichever it is.
@@ -184,6 +190,8 @@ struct MemoryAccounts {
     /// Token hash → (account id, last used).
     sessions: HashMap<[u8; 32], (String, i64)>,
     rooms: Vec<StoredRoom>,
+    /// Account id → its picture (PNG).
+    avatars: HashMap<String, Arc<[u8]>>,
 }
 
 impl MemoryAccounts {
@@ -305,6 +313,15 @@ impl AccountStore for MemoryStore {
         Ok(())
     }
 
+    fn set_avatar(&self, id: &str, png: &[u8]) -> anyhow::Result<()> {
+        self.accounts().avatars.insert(id.to_owned(), png.into());
+        Ok(())
+    }
+
+    fn avatar(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.accounts().avatars.get(id).map(|png| png.to_vec()))
+    }
+
     fn rooms(&self) -> anyhow::Result<Vec<StoredRoom>> {
         Ok(self.accounts().rooms.clone())
     }
@@ -380,6 +397,10 @@ pub(crate) fn check_account_store(store: &dyn AccountStore) {
     assert_eq!(store.account_by_username("bob").unwrap(), None);
     store.set_name(&ada.id, "Ada Lovelace").unwrap();
     assert_eq!(store.account_by_id(&ada.id).unwrap().unwrap().name, "Ada Lovelace");
+    assert_eq!(store.avatar(&ada.id).unwrap(), None);
+    store.set_avatar(&ada.id, b"first").unwrap();
+    store.set_avatar(&ada.id, b"second").unwrap();
+    assert_eq!(store.avatar(&ada.id).unwrap().as_deref(), Some(&b"second"[..]));
 
     let (first, second, third) = ([1; 32], [2; 32], [3; 32]);
     store.create_session(&first, &ada.id, 0, 30 * DAY).unwrap();
