@@ -98,18 +98,7 @@ async fn connections_over_the_cap_are_refused_with_503() -> Result<()> {
     let a = connect(&server).await?;
     let _b = connect(&server).await?;
     assert_eq!(common::health(&server).await?["connections"], 2);
-    // The /healthz connection's place comes back a moment after its answer: until then a
-    // third WebSocket may itself be refused.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let _c = loop {
-        match connect(&server).await {
-            Ok(client) => break client,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await; // polling for the freed place
-            }
-            Err(error) => return Err(error),
-        }
-    };
+    let _c = connect_when_a_place_is_free(&server).await?;
     match tokio_tungstenite::connect_async(server.ws_url()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503);
@@ -132,6 +121,21 @@ async fn connections_over_the_cap_are_refused_with_503() -> Result<()> {
         assert!(tokio::time::Instant::now() < deadline, "a's place was never given back");
         tokio::time::sleep(Duration::from_millis(20)).await; // polling, as wait_health does
     }
-    connect(&server).await?;
+    connect_when_a_place_is_free(&server).await?;
     Ok(())
+}
+
+/// Connects, retrying while refused: a /healthz connection's place comes back a moment after
+/// its answer, and until then the next connection may itself be over the cap.
+async fn connect_when_a_place_is_free(server: &client::RunningServer) -> Result<common::Client> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect(server).await {
+            Ok(client) => return Ok(client),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await; // polling for the freed place
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
