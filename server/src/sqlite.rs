@@ -19,6 +19,7 @@
 //! that never reached the disk, is not given to another message.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -74,6 +75,11 @@ pub enum OpenError {
     Newer { path: String, found: i64 },
     #[error("{path}: cannot open it for writing: {reason}")]
     Unwritable { path: String, reason: String },
+    #[error(
+        "{path}: another server is using it; only one process may use a SQLite database \
+         (run several nodes on PostgreSQL). It was left untouched"
+    )]
+    InUse { path: String },
 }
 
 /// How the store is set up, from the command line.
@@ -110,6 +116,30 @@ pub struct SqliteStore {
     dropped: Arc<AtomicU64>,
     /// Told by the writer thread when it ends, whether it wrote everything.
     writer: Mutex<Option<Receiver<bool>>>,
+    /// The file, locked until the store is closed: a second server on the same file would
+    /// give out the same seqs.
+    lock: Mutex<Option<File>>,
+}
+
+/// Takes an exclusive lock on the database file (created if missing), or says who has it.
+///
+/// An advisory `flock` on the file itself: it is released when the process ends however it
+/// ends (`kill -9` included), so there is no stale lock file to clean up, and on Linux it does
+/// not touch the POSIX record locks SQLite itself takes on the same file.
+fn lock(file: &Path, path: &str) -> Result<File, OpenError> {
+    let unwritable = |reason: String| OpenError::Unwritable { path: path.to_owned(), reason };
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file)
+        .map_err(|error| unwritable(error.to_string()))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::InUse { path: path.to_owned() }),
+        Err(std::fs::TryLockError::Error(error)) => Err(unwritable(error.to_string())),
+    }
 }
 
 impl SqliteStore {
@@ -119,6 +149,7 @@ impl SqliteStore {
         let path = options.path.display().to_string();
         let unwritable = |reason: String| OpenError::Unwritable { path: path.clone(), reason };
         let foreign = |reason: String| OpenError::Foreign { path: path.clone(), reason };
+        let lock = lock(&options.path, &path)?;
         let connection = Connection::open_with_flags(
             &options.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -187,6 +218,7 @@ impl SqliteStore {
             accounts: Mutex::new(accounts),
             failing,
             writer: Mutex::new(Some(writer_finished)),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -617,7 +649,10 @@ impl crate::store::Store for SqliteStore {
     }
 
     fn close(&self, limit: Duration) -> bool {
-        self.stop_writer(limit)
+        let written = self.stop_writer(limit);
+        // Nothing writes any more: another server may have the file now.
+        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        written
     }
 
     fn health(&self) -> StoreHealth {
@@ -1042,7 +1077,9 @@ mod tests {
         store.load(10).unwrap();
         store.record(message(1, "m1"));
         assert!(store.flush(Duration::from_secs(5)));
-        // No clean close: the process "dies" with its reservation still ahead.
+        // No clean close: the process "dies" with its reservation still ahead (and its lock
+        // goes, as a dead process's does).
+        store.lock.lock().unwrap().take();
         std::mem::forget(store);
         let loaded = open(&path).load(10).unwrap();
         assert_eq!(loaded.channels[0].1, 2 + SEQ_RESERVE);

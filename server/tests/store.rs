@@ -312,13 +312,21 @@ async fn after_kill_9_what_was_received_100_ms_before_is_kept_and_no_seq_is_reus
     Ok(())
 }
 
-/// Runs the server binary on `path` expecting a refusal: exit status, and stderr.
-fn refused(path: &Path) -> Result<(std::process::ExitStatus, String)> {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+/// Runs the server binary on `path` expecting a refusal: exit status, and stderr. A server
+/// that does not exit within 10 s started after all: it is killed and that is an error.
+async fn refused(path: &Path) -> Result<(std::process::ExitStatus, String)> {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
         .args(["--database", path.to_str().context("a UTF-8 path")?, "--port", "0"])
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
-        .output()?;
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let Ok(output) = timeout(Duration::from_secs(10), child.wait_with_output()).await else {
+        bail!("the server on {} did not refuse the file: it started", path.display());
+    };
+    let output = output?;
     Ok((output.status, String::from_utf8_lossy(&output.stderr).into_owned()))
 }
 
@@ -329,7 +337,7 @@ async fn a_file_that_is_not_a_chatterbox_database_is_refused_and_left_untouched(
     let content = b"These are my notes, not a database.\n".repeat(300);
     std::fs::write(&garbage, &content)?;
     let before = std::fs::metadata(&garbage)?.modified()?;
-    let (status, stderr) = refused(&garbage)?;
+    let (status, stderr) = refused(&garbage).await?;
     ensure!(!status.success(), "the server started on a text file");
     let line = stderr.trim();
     ensure!(line.lines().count() == 1, "more than one line: {stderr}");
@@ -346,7 +354,7 @@ async fn a_file_that_is_not_a_chatterbox_database_is_refused_and_left_untouched(
     rusqlite::Connection::open(&foreign)?
         .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")?;
     let content = std::fs::read(&foreign)?;
-    let (status, stderr) = refused(&foreign)?;
+    let (status, stderr) = refused(&foreign).await?;
     ensure!(!status.success() && stderr.contains("another application"), "{stderr}");
     assert_eq!(std::fs::read(&foreign)?, content);
     Ok(())
@@ -361,14 +369,14 @@ async fn a_newer_schema_is_refused_and_left_untouched() -> Result<()> {
     terminate(&mut server).await?;
     rusqlite::Connection::open(&path)?.pragma_update(None, "user_version", 99)?;
     let content = std::fs::read(&path)?;
-    let (status, stderr) = refused(&path)?;
+    let (status, stderr) = refused(&path).await?;
     ensure!(!status.success(), "the server started on a newer schema");
     let line = stderr.trim();
     ensure!(line.lines().count() == 1, "more than one line: {stderr}");
     ensure!(line.contains("chatterbox.db") && line.contains("version 99"), "{line}");
     assert_eq!(std::fs::read(&path)?, content);
     // A directory that does not exist cannot hold a database.
-    let (status, stderr) = refused(&dir.path().join("missing").join("chatterbox.db"))?;
+    let (status, stderr) = refused(&dir.path().join("missing").join("chatterbox.db")).await?;
     ensure!(!status.success() && stderr.contains("cannot open it for writing"), "{stderr}");
     Ok(())
 }
@@ -441,5 +449,31 @@ async fn a_disk_that_fills_up_does_not_stop_the_chat_and_what_was_said_is_writte
     assert_eq!(texts(&history)[0], "before");
     assert_eq!(texts(&history)[1..], texts(&live)[..]);
     conn.expect_silence(Duration::from_millis(200)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_file_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = database_in(&dir);
+    let mut server = start_with(&path, 0, &[]).await?;
+    let (mut reader, _) = Connection::join(&server.ws_url()).await?;
+    say(&server.ws_url(), &mut reader, &["kept by the first"]).await?;
+    let content = std::fs::read(&path)?;
+    // Two writers would give out the same seqs; the second must not start.
+    let (status, stderr) = refused(&path).await?;
+    ensure!(!status.success(), "a second server started on the same file");
+    let line = stderr.trim();
+    ensure!(line.lines().count() == 1, "more than one line: {stderr}");
+    ensure!(
+        line.contains("chatterbox.db") && line.contains("another server is using it"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(&path)?, content, "the refused server wrote to the file");
+    terminate(&mut server).await?;
+    // Once the first has stopped, the file is free again, even after a kill -9.
+    start_with(&path, 0, &[]).await?.stop().await?; // SIGKILL
+    let mut server = start_with(&path, 0, &[]).await?;
+    terminate(&mut server).await?;
     Ok(())
 }
