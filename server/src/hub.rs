@@ -59,7 +59,7 @@ pub struct HistoryLimits {
 struct Peer {
     outbox: Arc<Outbox>,
     channel: Channel,
-    /// Who it speaks as (its display name as it was when it connected).
+    /// Who it speaks as (an account's display name kept current by [`Hub::update_profile`]).
     author: Author,
     /// Fired when the hub drops this peer on its own initiative.
     evict: oneshot::Sender<Eviction>,
@@ -373,6 +373,37 @@ impl Hub {
         }
         self.evict(&mut state, evicted);
         Ok(())
+    }
+
+    /// An account's new display name or picture (`name` is its display name now): each of its
+    /// connections speaks with that name from now on (presence, `who`, typing), and everyone
+    /// in a channel where one of them is, and each of them, is told once with a
+    /// `{"profile"}` frame; in the feed that is everyone there, as a deletion is.
+    pub fn update_profile(&self, id: &str, name: Arc<str>) {
+        let mut state = self.lock();
+        let mut channels = HashSet::new();
+        let mut recipients = HashSet::new();
+        for (&peer_id, peer) in state.peers.iter_mut() {
+            if *peer.author.id == *id {
+                peer.author.name = Some(name.clone());
+                channels.insert(peer.channel);
+                recipients.insert(peer_id);
+            }
+        }
+        for channel in channels {
+            if channel == Channel::Feed {
+                let feed = state.peers.iter().filter(|(_, peer)| peer.channel == Channel::Feed);
+                recipients.extend(feed.map(|(&peer_id, _)| peer_id));
+            } else {
+                recipients.extend(state.members_of(channel));
+            }
+        }
+        let frame = protocol::profile_frame(id, &name);
+        let mut evicted = Vec::new();
+        for peer_id in recipients {
+            state.send_to(peer_id, frame.clone(), &mut evicted);
+        }
+        self.evict(&mut state, evicted);
     }
 
     /// `{"channel": "random"}`: pairs `id` with someone waiting alone, or opens a room for
@@ -849,10 +880,15 @@ mod tests {
 
     /// A member joined with `catchup`, and its queue.
     fn member(hub: &Hub, catchup: Catchup) -> (PeerId, Arc<Outbox>) {
+        member_as(hub, "x", catchup)
+    }
+
+    /// A member speaking as `author`.
+    fn member_as(hub: &Hub, author: &str, catchup: Catchup) -> (PeerId, Arc<Outbox>) {
         let id = Uuid::new_v4();
         let outbox = Arc::new(Outbox::new(1000));
         let (evict, _) = oneshot::channel();
-        assert!(hub.join(id, Author::from("x"), outbox.clone(), evict, catchup));
+        assert!(hub.join(id, Author::from(author), outbox.clone(), evict, catchup));
         (id, outbox)
     }
 
@@ -1041,5 +1077,45 @@ mod tests {
         assert_eq!(frames(&bob_frames), [left]);
         hub.typing(second, &Author::from("x"));
         assert!(frames(&bob_frames).is_empty(), "typing in the feed goes nowhere");
+    }
+
+    #[test]
+    fn a_profile_change_reaches_the_accounts_channels_once_and_names_it_from_then_on() {
+        let hub = hub(0, 0);
+        hub.add_room(room("a", "o"), 2, 2).unwrap();
+        hub.add_room(room("b", "o"), 2, 2).unwrap();
+        let (tab1, tab1_frames) = member(&hub, Catchup::Latest);
+        let (tab2, tab2_frames) = member(&hub, Catchup::Latest);
+        let (mate, mate_frames) = member_as(&hub, "mate", Catchup::Latest);
+        let (elsewhere, elsewhere_frames) = member_as(&hub, "elsewhere", Catchup::Latest);
+        let (_, feed_frames) = member_as(&hub, "feed", Catchup::Latest);
+        for (id, author, room) in
+            [(tab1, "x", "a"), (tab2, "x", "a"), (mate, "mate", "a"), (elsewhere, "elsewhere", "b")]
+        {
+            hub.join_named(id, &Author::from(author), room, Catchup::Latest).unwrap();
+        }
+        for outbox in [&tab1_frames, &tab2_frames, &mate_frames, &elsewhere_frames] {
+            frames(outbox);
+        }
+        hub.update_profile("x", "Ada".into());
+        let profile =
+            serde_json::json!({"profile": {"id": "x", "name": "Ada", "avatar": "/avatars/x"}});
+        assert_eq!(frames(&mate_frames), std::slice::from_ref(&profile), "once for two tabs");
+        assert_eq!(frames(&tab1_frames), std::slice::from_ref(&profile));
+        assert_eq!(frames(&tab2_frames), std::slice::from_ref(&profile));
+        assert!(frames(&elsewhere_frames).is_empty(), "another room hears nothing");
+        assert!(frames(&feed_frames).is_empty(), "nor does the feed, where x is not");
+        let who = hub.who(mate);
+        assert_eq!(
+            who.payload(),
+            r#"{"who":{"count":2,"members":[{"id":"x","name":"Ada"},{"id":"mate"}]}}"#
+        );
+        hub.join_feed(tab1);
+        hub.join_feed(tab2);
+        let left = serde_json::json!({"presence": {"left": {"id": "x", "name": "Ada"}}});
+        assert_eq!(frames(&mate_frames), [left]);
+        hub.update_profile("x", "Countess".into());
+        assert_eq!(frames(&feed_frames).len(), 1, "now x is in the feed: the feed is told");
+        assert!(frames(&mate_frames).is_empty());
     }
 }
