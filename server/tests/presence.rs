@@ -102,3 +102,45 @@ async fn a_random_pair_is_told_who_the_other_is_and_when_it_leaves() -> Result<(
     assert_eq!(recv_json(&mut feed.conn).await?["data"]["text"], "hello feed");
     Ok(())
 }
+
+/// Issue 9: a room whose members join one by one and then leave one by one sends each member
+/// exactly one presence frame per change while it is there, and nothing about itself. Counted
+/// frame by frame: every frame each member receives is read, in order.
+#[tokio::test]
+async fn members_joining_and_leaving_one_by_one_get_one_presence_frame_each_per_change()
+-> Result<()> {
+    const MEMBERS: usize = 30;
+    let server = start(&["--message-rate", "0"]).await?;
+    let (cookie, _) = account(&server, "host").await?;
+    let room = json!({"name": "busy"});
+    let created = post(&server, "/api/rooms", &[("Cookie", &cookie)], &room).await?;
+    assert_eq!(created.status, 201);
+    let mut members = Vec::with_capacity(MEMBERS);
+    for _ in 0..MEMBERS {
+        members.push(connect(&server).await?);
+    }
+
+    for newcomer in 0..MEMBERS {
+        let joined = enter_room(&mut members[newcomer].conn, "busy").await?;
+        assert_eq!(joined["members"].as_array().map(Vec::len), Some(newcomer + 1), "{joined}");
+        let about = json!({"presence": {"joined": {"id": members[newcomer].id}}});
+        for earlier in &mut members[..newcomer] {
+            assert_eq!(recv_json(&mut earlier.conn).await?, about);
+        }
+    }
+    for leaver in 0..MEMBERS {
+        members[leaver].conn.send_json(&join("feed")).await?;
+        let back = json!({"channel": "feed", "status": "joined"});
+        assert_eq!(recv_json(&mut members[leaver].conn).await?, back, "nothing before it");
+        let about = json!({"presence": {"left": {"id": members[leaver].id}}});
+        for later in &mut members[leaver + 1..] {
+            assert_eq!(recv_json(&mut later.conn).await?, about);
+        }
+    }
+    // Nothing else is queued for anyone: the next frame each gets is the answer to its own.
+    for member in &mut members {
+        member.conn.send_json(&json!({"who": true})).await?;
+        assert!(recv_json(&mut member.conn).await?.get("who").is_some());
+    }
+    Ok(())
+}
