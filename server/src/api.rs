@@ -423,6 +423,9 @@ impl Api<'_> {
         let (mut account, _) = self.account().await?;
         let Rename { name } = self.json()?;
         account.name = accounts::display_name(&name).map_err(invalid)?;
+        // Each rename is told to everyone in the account's channels (the feed may hold
+        // thousands): counted like a login, so that one account cannot flood them.
+        self.attempt(Some(&account.username))?;
         let (id, name) = (account.id.clone(), account.name.clone());
         blocking(self.server, move |store| store.set_name(&id, &name)).await?;
         let name = self.server.accounts.names.set(&account.id, &account.name);
@@ -438,6 +441,8 @@ impl Api<'_> {
         if self.body.is_empty() {
             return Err(error(StatusCode::BAD_REQUEST, "no picture in the body"));
         }
+        // Told to everyone in the account's channels, as a rename is: counted the same way.
+        self.attempt(Some(&account.username))?;
         let max_side = self.server.limits.accounts.max_avatar_pixels;
         let permit = avatar::DECODING.acquire().await.map_err(internal)?;
         let bytes = self.body.to_vec();

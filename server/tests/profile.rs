@@ -111,3 +111,23 @@ async fn a_random_partner_is_told_of_a_rename() -> Result<()> {
     assert_eq!(recv_json(&mut bob).await?, changed, "and bob's own connection");
     Ok(())
 }
+
+#[tokio::test]
+async fn renames_count_against_the_accounts_rate_so_that_nobody_floods_the_feed() -> Result<()> {
+    let server = start(&["--login-burst-per-username", "2"]).await?;
+    let (cookie, _) = account(&server, "restless").await?;
+    let mut tab = account_tab(&server, &cookie).await?;
+    let mut statuses = Vec::new();
+    for name in ["One", "Two", "Three"] {
+        let rename = json!({"name": name}).to_string();
+        let headers = [("Cookie", cookie.as_str())];
+        let answer = request(server.port(), "PATCH", "/api/me", &headers, Some(&rename)).await?;
+        statuses.push(answer.status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    for name in ["One", "Two"] {
+        assert_eq!(recv_json(&mut tab).await?["profile"]["name"], name);
+    }
+    who(&mut tab).await?; // the refused rename told nobody
+    Ok(())
+}
