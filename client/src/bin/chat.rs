@@ -25,8 +25,9 @@
 //! Named rooms (the finished server): `/rooms` lists them (`GET /api/rooms`, with the session
 //! cookie when logged in), `/join ROOM` enters one, `/who` says who is in the current channel and
 //! `/delete SEQ` takes back one of your messages. Presence, typing, deletions and profile changes
-//! (someone's new name or picture) are printed as `* ...` lines; a new name is used from then on. With `--seqs` every numbered message is printed with its seq (`#42 [ada] hi`)
-//! and each of yours is acknowledged with its seq (`* sent as #43`), so you know what to delete.
+//! (someone's new name or picture) are printed as `* ...` lines; a new name is used from then
+//! on. With `--seqs` every numbered message is printed with its seq (`#42 [ada] hi`) and each
+//! of yours is acknowledged with its seq (`* sent as #43`), so you know what to delete.
 //!
 //! With `--raw`, each line is sent exactly as typed and each text frame is printed exactly as
 //! it came: for the lessons' guides, which send JSON by hand (and frames that are not JSON). It
@@ -306,9 +307,10 @@ fn close_reason(close: Option<&CloseFrame>) -> String {
 }
 
 /// Connects again after the server went away, with `?after=` the last feed message seen when
-/// the server numbers its messages (from a named room, `converse` then goes back into it): [`RECONNECT_ATTEMPTS`] attempts, 0.5 s, 1 s, 2 s, ... apart
-/// (at most [`RECONNECT_DELAY_MAX`]). What it does is said on stderr: stdout is the
-/// conversation. Lines typed meanwhile wait in stdin and are sent once it is back.
+/// the server numbers its messages (from a named room, `converse` then goes back into it):
+/// [`RECONNECT_ATTEMPTS`] attempts, 0.5 s, 1 s, 2 s, ... apart (at most [`RECONNECT_DELAY_MAX`]).
+/// What it does is said on stderr: stdout is the conversation. Lines typed meanwhile wait in
+/// stdin and are sent once it is back.
 async fn reconnect(server: &str, session: &Session, lost: &str) -> Result<Connection> {
     eprintln!("chat: {lost}");
     let url = session.resume_url(server)?;
