@@ -423,9 +423,13 @@ impl Api<'_> {
         let (mut account, _) = self.account().await?;
         let Rename { name } = self.json()?;
         account.name = accounts::display_name(&name).map_err(invalid)?;
+        // Each rename is told to everyone in the account's channels (the feed may hold
+        // thousands): counted like a login, so that one account cannot flood them.
+        self.attempt(Some(&account.username))?;
         let (id, name) = (account.id.clone(), account.name.clone());
         blocking(self.server, move |store| store.set_name(&id, &name)).await?;
-        self.server.accounts.names.set(&account.id, &account.name);
+        let name = self.server.accounts.names.set(&account.id, &account.name);
+        self.server.hub.update_profile(&account.id, name);
         Ok(profile(StatusCode::OK, &account))
     }
 
@@ -437,6 +441,8 @@ impl Api<'_> {
         if self.body.is_empty() {
             return Err(error(StatusCode::BAD_REQUEST, "no picture in the body"));
         }
+        // Told to everyone in the account's channels, as a rename is: counted the same way.
+        self.attempt(Some(&account.username))?;
         let max_side = self.server.limits.accounts.max_avatar_pixels;
         let permit = avatar::DECODING.acquire().await.map_err(internal)?;
         let bytes = self.body.to_vec();
@@ -445,8 +451,11 @@ impl Api<'_> {
             .map_err(internal)?;
         drop(permit);
         let png = png.map_err(|reason| error(StatusCode::BAD_REQUEST, reason))?;
-        let id = account.id;
+        let id = account.id.clone();
         blocking(self.server, move |store| store.set_avatar(&id, &png)).await?;
+        // Same address, new picture: the frame tells those who show it to fetch it again.
+        let name = self.server.accounts.names.set(&account.id, &account.name);
+        self.server.hub.update_profile(&account.id, name);
         Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
     }
 

@@ -188,8 +188,8 @@ pub struct AccountOptions {
     #[arg(long)]
     pub max_hashing: Option<usize>,
 
-    /// Login attempts for one username at once before `--login-per-minute-per-username`
-    /// applies; over it: HTTP 429.
+    /// Login attempts for one username at once (password changes, renames and new pictures
+    /// count too) before `--login-per-minute-per-username` applies; over it: HTTP 429.
     #[arg(long, default_value_t = 10)]
     pub login_burst_per_username: u32,
 

@@ -8,23 +8,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use client::message::{join, text};
-use client::{Connection, RunningServer};
 use common::api::*;
 use common::{connect, health, recv_json, start};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const QUIET: Duration = Duration::from_millis(300);
-
-/// A socket of the account with `cookie`, past its id and me frames.
-async fn tab(server: &RunningServer, cookie: &str) -> Result<Connection> {
-    let (socket, _, _) = account_socket(server, cookie).await?;
-    Ok(Connection::from_socket(socket))
-}
-
-async fn enter(conn: &mut Connection, room: &str) -> Result<Value> {
-    conn.send_json(&json!({"channel": "room", "room": room})).await?;
-    recv_json(conn).await
-}
 
 #[tokio::test]
 async fn a_room_hears_who_comes_goes_and_types_and_an_account_counts_once() -> Result<()> {
@@ -35,14 +23,14 @@ async fn a_room_hears_who_comes_goes_and_types_and_an_account_counts_once() -> R
     assert_eq!(created.status, 201);
     let mut feed = connect(&server).await?;
     let mut guest = connect(&server).await?;
-    enter(&mut guest.conn, "rust").await?;
+    enter_room(&mut guest.conn, "rust").await?;
     let ada = json!({"id": profile["id"], "name": "ada"});
 
-    let mut tab1 = tab(&server, &cookie).await?;
-    enter(&mut tab1, "rust").await?;
+    let mut tab1 = account_tab(&server, &cookie).await?;
+    enter_room(&mut tab1, "rust").await?;
     assert_eq!(recv_json(&mut guest.conn).await?, json!({"presence": {"joined": ada}}));
-    let mut tab2 = tab(&server, &cookie).await?;
-    let joined = enter(&mut tab2, "rust").await?;
+    let mut tab2 = account_tab(&server, &cookie).await?;
+    let joined = enter_room(&mut tab2, "rust").await?;
     assert_eq!(joined["members"], json!([{"id": guest.id}, ada]), "one member for two tabs");
     guest.conn.expect_silence(QUIET).await?; // the second tab is not news
     tab1.expect_silence(QUIET).await?;
@@ -80,7 +68,8 @@ async fn a_room_hears_who_comes_goes_and_types_and_an_account_counts_once() -> R
     // A rename shows in the next presence frame.
     let rename = json!({"name": "Countess"}).to_string();
     request(server.port(), "PATCH", "/api/me", &[("Cookie", &cookie)], Some(&rename)).await?;
-    enter(&mut tab2, "rust").await?;
+    assert_eq!(recv_json(&mut tab2).await?["profile"]["name"], "Countess");
+    enter_room(&mut tab2, "rust").await?;
     let countess = json!({"id": profile["id"], "name": "Countess"});
     assert_eq!(recv_json(&mut guest.conn).await?, json!({"presence": {"joined": countess}}));
     Ok(())
@@ -111,5 +100,47 @@ async fn a_random_pair_is_told_who_the_other_is_and_when_it_leaves() -> Result<(
     recv_json(&mut a.conn).await?;
     a.conn.send_json(&text("hello feed")).await?;
     assert_eq!(recv_json(&mut feed.conn).await?["data"]["text"], "hello feed");
+    Ok(())
+}
+
+/// Issue 9: a room whose members join one by one and then leave one by one sends each member
+/// exactly one presence frame per change while it is there, and nothing about itself. Counted
+/// frame by frame: every frame each member receives is read, in order.
+#[tokio::test]
+async fn members_joining_and_leaving_one_by_one_get_one_presence_frame_each_per_change()
+-> Result<()> {
+    const MEMBERS: usize = 30;
+    let server = start(&["--message-rate", "0"]).await?;
+    let (cookie, _) = account(&server, "host").await?;
+    let room = json!({"name": "busy"});
+    let created = post(&server, "/api/rooms", &[("Cookie", &cookie)], &room).await?;
+    assert_eq!(created.status, 201);
+    let mut members = Vec::with_capacity(MEMBERS);
+    for _ in 0..MEMBERS {
+        members.push(connect(&server).await?);
+    }
+
+    for newcomer in 0..MEMBERS {
+        let joined = enter_room(&mut members[newcomer].conn, "busy").await?;
+        assert_eq!(joined["members"].as_array().map(Vec::len), Some(newcomer + 1), "{joined}");
+        let about = json!({"presence": {"joined": {"id": members[newcomer].id}}});
+        for earlier in &mut members[..newcomer] {
+            assert_eq!(recv_json(&mut earlier.conn).await?, about);
+        }
+    }
+    for leaver in 0..MEMBERS {
+        members[leaver].conn.send_json(&join("feed")).await?;
+        let back = json!({"channel": "feed", "status": "joined"});
+        assert_eq!(recv_json(&mut members[leaver].conn).await?, back, "nothing before it");
+        let about = json!({"presence": {"left": {"id": members[leaver].id}}});
+        for later in &mut members[leaver + 1..] {
+            assert_eq!(recv_json(&mut later.conn).await?, about);
+        }
+    }
+    // Nothing else is queued for anyone: the next frame each gets is the answer to its own.
+    for member in &mut members {
+        member.conn.send_json(&json!({"who": true})).await?;
+        assert!(recv_json(&mut member.conn).await?.get("who").is_some());
+    }
     Ok(())
 }

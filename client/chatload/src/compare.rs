@@ -56,7 +56,7 @@ pub struct CompareArgs {
 
 /// The programs under test.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Program {
+pub(crate) enum Program {
     Lesson05,
     Server,
 }
@@ -414,14 +414,14 @@ fn command_suffix(args: &CompareArgs) -> String {
     suffix
 }
 
-struct Binaries {
+pub(crate) struct Binaries {
     directory: PathBuf,
     /// Stands in for lesson05 when given.
     baseline: Option<PathBuf>,
 }
 
 impl Binaries {
-    fn path(&self, program: Program) -> PathBuf {
+    pub(crate) fn path(&self, program: Program) -> PathBuf {
         match (&self.baseline, program) {
             (Some(baseline), Program::Lesson05) => baseline.clone(),
             _ => self.directory.join(program.name()),
@@ -431,7 +431,11 @@ impl Binaries {
 
 /// Builds `programs` in release mode into the target directory this binary lives in
 /// (target/<profile>/chatload), and returns where they are.
-fn binaries(build: bool, baseline: Option<PathBuf>, programs: &[Program]) -> Result<Binaries> {
+pub(crate) fn binaries(
+    build: bool,
+    baseline: Option<PathBuf>,
+    programs: &[Program],
+) -> Result<Binaries> {
     let exe = std::env::current_exe().context("cannot locate chatload itself")?;
     let target_dir = exe
         .parent()
@@ -1012,7 +1016,7 @@ fn store_targets(all: &[Configuration], results: &Results, selected: &[usize]) -
 }
 
 /// Date, CPU, memory and kernel, for the record next to the numbers.
-fn machine_description() -> String {
+pub(crate) fn machine_description() -> String {
     let date = std::process::Command::new("date")
         .arg("-u")
         .output()

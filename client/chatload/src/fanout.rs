@@ -546,7 +546,7 @@ fn give_up_unseen(seen: &[u64], me: usize, shared: &Shared) {
 }
 
 /// Percentiles by the nearest-rank method, in microseconds.
-fn latency_summary(latencies_ns: &mut [u64]) -> Latency {
+pub(crate) fn latency_summary(latencies_ns: &mut [u64]) -> Latency {
     if latencies_ns.is_empty() {
         return Latency::default();
     }

@@ -6,6 +6,8 @@
 //! - `chatload compare`: builds `lesson05` and `server` in release mode and runs the standard
 //!   configurations against both, printing a markdown table (see docs/PERFORMANCE.md);
 //!   `chatload compare --store`: the server's SQLite store against `--database memory`.
+//! - `chatload rooms`: issue 9's targets: `GET /api/rooms` with 10,000 rooms, and presence
+//!   frames in a room of 1,000 members joining and leaving (counted, not timed).
 //!
 //! It only ever targets loopback addresses, and every run ends by itself within `--deadline`.
 
@@ -15,6 +17,7 @@ mod fanout;
 mod feed;
 mod idle;
 mod process_stats;
+mod rooms;
 mod start;
 
 use std::time::Duration;
@@ -41,6 +44,9 @@ enum Command {
     /// Build lesson05 and server (release), run the standard configurations against both
     /// alternately, and print medians and ratios as a markdown table.
     Compare(compare::CompareArgs),
+    /// Issue 9's targets on the finished server: `GET /api/rooms` with 10,000 rooms (R1), and
+    /// presence frames per member per change in a room of 1,000 (P1).
+    Rooms(rooms::RoomsArgs),
 }
 
 #[derive(Args)]
@@ -162,6 +168,16 @@ fn main() -> Result<()> {
                 }
             }
             Command::Compare(args) => compare::run(args).await?,
+            Command::Rooms(args) => {
+                let report = rooms::run(&args).await?;
+                println!("{}", report.describe());
+                if args.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                if !report.targets_met() {
+                    anyhow::bail!("a target was not met");
+                }
+            }
         }
         Ok(())
     })

@@ -183,6 +183,48 @@ async fn reports_the_messages_a_rate_limited_server_refuses() -> Result<()> {
     Ok(())
 }
 
+/// `chatload rooms` in small: rooms created through the API and listed, and presence frames
+/// in a room counted per member per change. Only the counts are checked, never a time (R1's
+/// 50 ms is for the release build: its verdict is left alone here).
+#[tokio::test]
+async fn rooms_are_listed_and_presence_frames_are_counted() -> Result<()> {
+    let args = [
+        "--max-rooms-per-account",
+        "25",
+        "--login-burst-per-address",
+        "1000",
+        "--message-rate",
+        "0",
+        "--frame-rate",
+        "0",
+    ];
+    let server = RunningServer::start(workspace_binary("server")?, &args).await?;
+    let (_, report, text) = chatload(&[
+        "rooms",
+        "--url",
+        &server.ws_url(),
+        "--rooms",
+        "50",
+        "--accounts",
+        "2",
+        "--gets",
+        "3",
+        "--members",
+        "20",
+    ])
+    .await?;
+    assert_eq!(count(&report["list"], "rooms"), 50, "{text}");
+    assert_eq!(count(&report["list"], "gets"), 3, "{text}");
+    let presence = &report["presence"];
+    // 20 members: at the k-th join k - 1 others are told, at the k-th leave 20 - k.
+    assert_eq!(count(presence, "joined_frames"), 190, "{text}");
+    assert_eq!(count(presence, "left_frames"), 190, "{text}");
+    assert_eq!(count(presence, "extra"), 0, "{text}");
+    assert_eq!(count(presence, "repeated"), 0, "{text}");
+    assert_eq!(presence["target_met"], true, "{text}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn refuses_targets_that_are_not_loopback() -> Result<()> {
     for url in ["ws://192.0.2.1:9/", "ws://example.com:9/", "ws://[2001:db8::1]:9/"] {
