@@ -232,8 +232,8 @@ function messageItem({ author, name, kind, body, own, at }) {
   const who = element("span", named ? "author named" : "author", label);
   if (typeof author === "string") who.title = author;
   // Accounts have pictures; guests (no name) do not. Ours is the account's, when logged in.
-  const pictured = own ? account.me?.id : named ? author : null;
-  if (pictured && avatarsPossible()) meta.append(avatarImage(pictured));
+  const picture = avatarsPossible() ? avatarImage(own ? account.me?.id : named ? author : null) : null;
+  if (picture) meta.append(picture);
   meta.append(who, timeElement(at));
   const bubble = element("div", kind === "emoji" ? "bubble emoji" : "bubble", body);
   item.append(meta, bubble);
@@ -404,8 +404,14 @@ function receive(text) {
   // The finished server's presence, typing, "who" and deletions (docs/PROTOCOL.md). Each is
   // one key alone; a lesson never sends them.
   const only = (key) => isObject(frame[key]) && Object.keys(frame).length === 1;
-  const finishedOnly = { presence: receivePresence, deleted: receiveDeleted, who: receiveWho,
-    typing: receiveTyping, sent: receiveSent, profile: receiveProfile };
+  const finishedOnly = {
+    presence: receivePresence,
+    deleted: receiveDeleted,
+    who: receiveWho,
+    typing: receiveTyping,
+    sent: receiveSent,
+    profile: receiveProfile,
+  };
   for (const [key, handle] of Object.entries(finishedOnly)) {
     if (!only(key)) continue;
     state.finished = true;
@@ -1113,6 +1119,7 @@ $("password-form").addEventListener("submit", (event) => {
 // id is fetched again (with ?v=, past the browser's copy) when it may have changed.
 
 const avatarVersions = new Map(); // id → the ?v= of its newest picture
+const ACCOUNT_ID = /^[0-9a-f]{32}$/;
 
 // Pictures come from the page's own origin only (the CSP says so), that is from the finished
 // server that serves it.
@@ -1126,9 +1133,9 @@ function avatarUrl(id) {
 }
 
 // A small picture of account `id`; null for anything that is not an id (32 hex digits).
-function avatarImage(id, className = "avatar") {
-  if (!/^[0-9a-f]{32}$/.test(id ?? "")) return null;
-  const image = element("img", className);
+function avatarImage(id) {
+  if (!ACCOUNT_ID.test(id ?? "")) return null;
+  const image = element("img", "avatar");
   image.alt = ""; // the name stands beside it
   image.dataset.avatarId = id;
   image.addEventListener("error", () => {
@@ -1139,7 +1146,7 @@ function avatarImage(id, className = "avatar") {
 }
 
 function reloadAvatars(id) {
-  if (!/^[0-9a-f]{32}$/.test(id)) return;
+  if (!ACCOUNT_ID.test(id)) return;
   avatarVersions.set(id, Date.now());
   for (const image of document.querySelectorAll(`img[data-avatar-id="${id}"]`)) {
     image.hidden = false;
