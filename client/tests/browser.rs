@@ -520,6 +520,15 @@ async fn two_pages_chat_through_the_server() -> Result<()> {
         bob.say("and back").await?;
         alice.wait_message("other", "and back").await?;
         alice.wait_message("own", "hello through the server").await?;
+        // A guest has no picture: above each message only its label, its time (and Delete on
+        // ours), nothing else, not even a stray text.
+        let metas = "return [...document.querySelectorAll('#messages li.message .meta')].map(meta =>
+            [...meta.childNodes].map(node => node.nodeType === Node.ELEMENT_NODE ? node.className || node.localName : 'text'));";
+        assert_eq!(
+            alice.eval(metas).await?,
+            json!([["author", "time", "delete quiet"], ["author", "time"]]),
+            "the lines above the messages"
+        );
         alice.screenshot("server-two-pages").await?;
         Ok(())
     })
