@@ -1474,3 +1474,52 @@ async fn names_topics_and_room_names_are_shown_as_text() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_goes_back_into_its_room_after_a_restart_and_after_logging_in() -> Result<()> {
+    with_browser(|browser| async move {
+        let database = TempDatabase::new()?;
+        let database = database.path();
+        let port = free_port()?;
+        let server = finished_server(database, port, &[]).await?;
+        let alice = browser.open(&server.http_url()).await?;
+        alice.sign_up("ada").await?;
+        alice.create_room("rust", "all things crab").await?;
+        alice.say("before the restart").await?;
+        let own_delete = "document.querySelectorAll('#messages li.own button.delete:not([hidden])').length === 1";
+        alice.wait_for(own_delete, Value::Null, "Delete on ada's message").await?;
+        terminate(server).await?;
+        alice.wait_system("disconnected").await?;
+
+        // Said in the room while the page cannot reach the server.
+        let meanwhile = finished_server(database, 0, &[]).await?;
+        let (mut guest, _) = Connection::join(&meanwhile.ws_url()).await?;
+        guest.send_json(&json!({"channel": "room", "room": "rust"})).await?;
+        while guest.recv_json().await?["status"] != "joined" {}
+        guest.send_json(&json!({"type": "text", "data": {"text": "said while away"}, "ack": true})).await?;
+        while guest.recv_json().await?.get("sent").is_none() {}
+        guest.close().await?;
+        terminate(meanwhile).await?;
+
+        // Back on the same port: the page is in the room again, with what it missed, once,
+        // and its own message still has its number (and Delete).
+        let server = finished_server(database, port, &[]).await?;
+        alice.wait_system("reconnected").await?;
+        alice.wait_text("channel", "#rust").await?;
+        alice.wait_text("room-topic-shown", "all things crab").await?;
+        alice.wait_message("other", "said while away").await?;
+        assert_eq!(alice.chat_texts().await?, ["before the restart", "said while away"]);
+        alice.wait_for(own_delete, Value::Null, "Delete on ada's message after the restart").await?;
+
+        // A guest in the room who logs in is back in it as the account.
+        let bob = browser.open(&server.http_url()).await?;
+        bob.join_room("rust").await?;
+        alice.wait_for("window.chatterbox.room.members.size === 2", Value::Null, "the guest").await?;
+        bob.sign_up("bob").await?;
+        bob.wait_text("room-title", "#rust").await?;
+        bob.wait_texts(MEMBERS, &["ada", "bob (you)"]).await?;
+        alice.wait_texts(MEMBERS, &["ada (you)", "bob"]).await?;
+        Ok(())
+    })
+    .await
+}

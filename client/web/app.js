@@ -386,6 +386,7 @@ function receive(text) {
   if ("error" in frame) {
     // A refused message gets no receipt: the receipts still awaited cannot be matched any more.
     awaitingReceipts.length = 0;
+    room.rejoin = null; // if it was about going back into a room, that room is gone
     const error = frame.error;
     const reason = typeof error === "string" ? error : error?.message ?? JSON.stringify(error);
     return showError(`Server: ${reason}`);
@@ -396,6 +397,7 @@ function receive(text) {
   if (typeof frame.channel === "string" && typeof frame.status === "string") {
     const notice = NOTICES[`${frame.channel}/${frame.status}`];
     const [label, line] = notice ?? [frame.channel, `${frame.channel}: ${frame.status}`];
+    room.rejoin = null; // the user went elsewhere
     enterChannel(frame.channel, null);
     setChannel(label);
     keepingBottom(updateEarlier);
@@ -595,6 +597,11 @@ function forgetFeed() {
 
 function receiveHistory(history) {
   if (Array.isArray(history.messages)) return receiveEarlier(history);
+  if (history.reset === true && state.channel === "room") {
+    // The same about a room we came back into (with "after"): its numbers on screen are stale.
+    for (const item of list.querySelectorAll(`li[data-channel="${CSS.escape(room.name)}"]`)) unnumber(item);
+    return showSystem("This room's history was reset. Its latest messages follow.", "history-reset");
+  }
   if (history.reset === true) {
     // The server has fewer messages than we saw: its numbers start again. What follows is its
     // latest messages, as a newcomer gets them.
@@ -709,6 +716,7 @@ function connect() {
     awaitingReceipts.length = 0;
     enterChannel("feed", null); // a new connection starts in the feed
     setChannel("feed");
+    rejoinRoom();
     setStatus("open", "connected");
     feed.divider = null; // this connection's history, if any, gets a line of its own
     feed.loadingBefore = null; // a page asked for on the last connection will not come
@@ -721,6 +729,7 @@ function connect() {
   socket.addEventListener("close", () => {
     if (state.socket !== socket) return; // a socket we replaced on purpose
     state.socket = null;
+    rememberRoomToRejoin();
     if (state.attempt === 0 && state.wasConnected) {
       showSystem("Connection lost. Reconnecting…", "disconnected");
     }
@@ -746,6 +755,7 @@ function socketAddress() {
 
 function reconnectTo(server) {
   forgetFeed(); // another server's numbers are not this one's
+  room.rejoin = null; // nor its rooms
   state.server = server;
   state.attempt = 0;
   state.wasConnected = false;
@@ -1024,6 +1034,7 @@ function receiveMe(profile) {
 // After logging in or out: a new connection, which the server gives to the account (or to a
 // new guest). It resumes after the last seq seen, so nothing on screen is shown twice.
 function reopen() {
+  rememberRoomToRejoin();
   clearTimeout(state.retryTimer);
   state.attempt = 0;
   state.wasConnected = false; // no "Reconnected." line: the user asked for it
@@ -1233,6 +1244,10 @@ const rooms = {
 const room = {
   name: null, // the named room the page is in
   members: new Map(), // id → {id, name?}, in the order they came
+  // The room to go back into when the next connection opens: the page was in it when its
+  // connection ended (a restart, lost Wi-Fi, logging in or out), and the server puts every
+  // new connection in the feed.
+  rejoin: null,
 };
 
 function isRoom(value) {
@@ -1285,6 +1300,23 @@ function joinRoom(name) {
   closePanel("rooms");
 }
 
+function rememberRoomToRejoin() {
+  if (room.name !== null) room.rejoin = room.name;
+}
+
+// On a new connection: back into the room, asking only for what came after the last message
+// of it on screen (as ?after= does for the feed). Its messages on screen keep their numbers
+// meanwhile (see enterChannel), so that Delete and deletions still find them.
+function rejoinRoom() {
+  const name = room.rejoin;
+  if (name === null) return;
+  const numbered = list.querySelectorAll(`li[data-channel="${CSS.escape(name)}"]`);
+  const seqs = [...numbered].map((item) => Number(item.dataset.seq));
+  const frame = { channel: "room", room: name };
+  if (seqs.length > 0) frame.after = Math.max(...seqs);
+  if (!sendFrame(frame)) room.rejoin = null;
+}
+
 // The page moves to another channel ("feed", "random", "room" with `roomName`, or null when
 // offline). Numbers of the channel left mean nothing any more, except the feed's, which the page
 // keeps for resuming; who was typing there is forgotten.
@@ -1297,7 +1329,8 @@ function enterChannel(channel, roomName) {
     room.members.clear();
     clearTyping();
     for (const item of list.querySelectorAll("li[data-channel]")) {
-      if (item.dataset.channel !== "feed") unnumber(item);
+      const kept = ["feed", now, room.rejoin];
+      if (!kept.includes(item.dataset.channel)) unnumber(item);
     }
   }
   for (const control of list.querySelectorAll("button.delete")) {
@@ -1309,6 +1342,7 @@ function enterChannel(channel, roomName) {
 // {"channel": "room", "room", "status": "joined", "members"}: in a named room now.
 function receiveRoomJoined(frame) {
   state.finished = true;
+  room.rejoin = null;
   enterChannel("room", frame.room);
   room.members.clear();
   for (const person of Array.isArray(frame.members) ? frame.members : []) {
