@@ -498,10 +498,12 @@ async fn two_pages_chat_through_lesson03() -> Result<()> {
         let expected = bob.eval(&format!("return window.chatterbox.colourFor({alice_id:?});")).await?;
         assert_eq!(colour, expected);
 
-        // Served apart from the finished server, the page has no accounts to offer.
+        // Served apart from the finished server, the page has no accounts or rooms to offer.
         for page in [alice, bob] {
-            let corner = page.eval("return document.getElementById('account').hidden;").await?;
-            assert_eq!(corner, json!(true), "account controls on a page served apart");
+            let corner = page
+                .eval("return [document.getElementById('account').hidden, document.getElementById('rooms-toggle').hidden];")
+                .await?;
+            assert_eq!(corner, json!([true, true]), "account or room controls on a page served apart");
         }
         alice.screenshot("lesson03-two-pages").await?;
         Ok(())
@@ -621,6 +623,13 @@ async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
         alice.wait_message("other", "just us two now").await?;
         alice.say("bye!").await?;
         bob.wait_message("other", "bye!").await?;
+        // Typing in a pair sent nothing but the messages: lesson05 would relay a {"typing"}
+        // (the finished server's) as an unknown frame, shown raw.
+        for page in [alice, bob] {
+            let raw =
+                page.eval("return document.querySelectorAll('#messages li.raw').length;").await?;
+            assert_eq!(raw, json!(0), "a frame other than chat reached the pair");
+        }
 
         alice.click("#feed").await?;
         alice.wait_system("joined").await?;
