@@ -30,8 +30,10 @@ const DEFAULT_SERVER_MARK: &str = "{{DEFAULT_SERVER}}";
 
 /// Scripts, styles and images from the server only; no plugins, no framing, no form posts
 /// elsewhere. The page may connect to any WebSocket server: choosing one (⚙) is a feature.
+/// Images may also be `blob:`: the preview of a picture chosen for upload is the file itself,
+/// shown through an object URL before it leaves the browser.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; \
+     style-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Where the page connects unless the user says otherwise (`?server=` or the settings field).

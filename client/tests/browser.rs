@@ -4,7 +4,7 @@
 //! Each test starts its own chromedriver (`--port=0`: it prints the port it got) and one
 //! Chromium per page, each with a fresh profile. Every wait polls a DOM condition with a
 //! deadline; none sleeps a fixed time. Each scenario leaves a PNG in `target/screenshots/`;
-//! with `CHATTERBOX_UPDATE_SCREENSHOT=1` the logged-in one (accounts) is also written to
+//! with `CHATTERBOX_UPDATE_SCREENSHOT=1` the named room one is also written to
 //! `docs/screenshot.png` for the README.
 //!
 //! Without Chromium and chromedriver the tests say they were skipped, and pass; with the
@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use client::running::workspace_binary;
 use client::schedule;
 use client::{Connection, RunningServer};
@@ -302,6 +302,79 @@ impl Page {
         Ok(self.session.execute(script, vec![]).await?)
     }
 
+    /// Signs up through the log-in form (the password is the same for everyone) and waits
+    /// until the page speaks as the new account.
+    async fn sign_up(&self, username: &str) -> Result<()> {
+        self.account_form("#signup", username, "correct horse").await?;
+        self.wait_account(username).await
+    }
+
+    /// The text of every element that `css` matches, in page order.
+    async fn texts(&self, css: &str) -> Result<Vec<String>> {
+        let script =
+            "return [...document.querySelectorAll(arguments[0])].map(node => node.textContent);";
+        let value = self.session.execute(script, vec![json!(css)]).await?;
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// Waits until the elements that `css` matches say exactly `expected`, in that order.
+    async fn wait_texts(&self, css: &str, expected: &[&str]) -> Result<()> {
+        let condition = "JSON.stringify([...document.querySelectorAll(arguments[0][0])]
+            .map(node => node.textContent)) === JSON.stringify(arguments[0][1])";
+        let what = format!("{css} to say {expected:?}");
+        self.wait_for(condition, json!([css, expected]), &what).await
+    }
+
+    /// Opens the rooms panel if it is closed (which asks the server for the list).
+    async fn open_rooms(&self) -> Result<()> {
+        if self.eval("return document.getElementById('rooms').hidden;").await? == json!(true) {
+            self.click("#rooms-toggle").await?;
+        }
+        Ok(())
+    }
+
+    /// Fills the rooms panel's form with `name` and `topic` and clicks Create (and join).
+    async fn try_create_room(&self, name: &str, topic: &str) -> Result<()> {
+        self.open_rooms().await?;
+        self.fill("room-name", name).await?;
+        self.fill("room-topic", topic).await?;
+        self.click("#room-create button[type=submit]").await
+    }
+
+    /// Creates the room `name` and waits until the page is in it.
+    async fn create_room(&self, name: &str, topic: &str) -> Result<()> {
+        self.try_create_room(name, topic).await?;
+        self.wait_text("room-title", &format!("#{name}")).await
+    }
+
+    /// Asks for the list again, clicks the room `name` in it, and waits until the page is in it.
+    async fn join_room(&self, name: &str) -> Result<()> {
+        self.open_rooms().await?;
+        self.click("#rooms-refresh").await?;
+        // Clicked once the newest list is shown: a list that comes after would replace it.
+        let button = format!(r#"#room-list button[data-room="{name}"]"#);
+        let listed = "document.getElementById('room-list').dataset.state === 'ready'
+            && document.querySelector(arguments[0])";
+        self.wait_for(listed, json!(button), &format!("{name} in the list")).await?;
+        self.click(&button).await?;
+        self.wait_text("room-title", &format!("#{name}")).await
+    }
+
+    /// How this page's member list names itself as a guest: its short id and "(you)".
+    async fn guest_member_label(&self) -> Result<String> {
+        Ok(format!("{} (you)", &self.id().await?[..8]))
+    }
+
+    /// Waits until nothing a name, topic or message smuggled in has run (`window.__xss`), and
+    /// no element came out of its markup (an `img` whose `src` is `x`).
+    async fn assert_no_markup_ran(&self) -> Result<()> {
+        let injected = self
+            .eval("return [window.__xss ?? null, [...document.images].filter(img => img.getAttribute('src') === 'x').length];")
+            .await?;
+        ensure!(injected == json!([null, 0]), "markup ran or became elements: {injected}");
+        Ok(())
+    }
+
     /// Saves what the page looks like now as target/screenshots/NAME.png.
     async fn screenshot(&self, name: &str) -> Result<PathBuf> {
         let png = self.session.screenshot().await?;
@@ -317,8 +390,9 @@ impl Page {
     }
 }
 
-/// The scenario whose screenshot illustrates the README: the finished server's page, logged in.
-const DOCS_SCREENSHOT: &str = "account-logged-in";
+/// The scenario whose screenshot illustrates the README: the finished server's page, logged in,
+/// in a named room with its members, someone typing, pictures and a deleted message.
+const DOCS_SCREENSHOT: &str = "room-with-members";
 
 /// target/screenshots, next to target/debug where this test runs from.
 fn screenshot_dir() -> Result<PathBuf> {
@@ -424,10 +498,12 @@ async fn two_pages_chat_through_lesson03() -> Result<()> {
         let expected = bob.eval(&format!("return window.chatterbox.colourFor({alice_id:?});")).await?;
         assert_eq!(colour, expected);
 
-        // Served apart from the finished server, the page has no accounts to offer.
+        // Served apart from the finished server, the page has no accounts or rooms to offer.
         for page in [alice, bob] {
-            let corner = page.eval("return document.getElementById('account').hidden;").await?;
-            assert_eq!(corner, json!(true), "account controls on a page served apart");
+            let corner = page
+                .eval("return [document.getElementById('account').hidden, document.getElementById('rooms-toggle').hidden];")
+                .await?;
+            assert_eq!(corner, json!([true, true]), "account or room controls on a page served apart");
         }
         alice.screenshot("lesson03-two-pages").await?;
         Ok(())
@@ -446,6 +522,15 @@ async fn two_pages_chat_through_the_server() -> Result<()> {
         bob.say("and back").await?;
         alice.wait_message("other", "and back").await?;
         alice.wait_message("own", "hello through the server").await?;
+        // A guest has no picture: above each message only its label, its time (and Delete on
+        // ours), nothing else, not even a stray text.
+        let metas = "return [...document.querySelectorAll('#messages li.message .meta')].map(meta =>
+            [...meta.childNodes].map(node => node.nodeType === Node.ELEMENT_NODE ? node.className || node.localName : 'text'));";
+        assert_eq!(
+            alice.eval(metas).await?,
+            json!([["author", "time", "delete quiet"], ["author", "time"]]),
+            "the lines above the messages"
+        );
         alice.screenshot("server-two-pages").await?;
         Ok(())
     })
@@ -456,8 +541,8 @@ async fn two_pages_chat_through_the_server() -> Result<()> {
 async fn presence_in_a_random_pair_and_a_deleted_message_show_as_quiet_lines() -> Result<()> {
     with_browser(|browser| async move {
         let (server, alice, bob) = server_and_two_pages(&browser).await?;
-        // A message in the feed, taken back by its author (a raw client: the page has no
-        // delete button yet).
+        // A message in the feed, taken back by its author (a raw client: what another client
+        // deletes must vanish from the page too).
         let (mut raw, _) = Connection::join(&server.ws_url()).await?;
         raw.send_json(&json!({"type": "text", "data": {"text": "oops"}, "ack": true})).await?;
         let seq = raw.recv_json().await?["sent"]["seq"].clone();
@@ -538,6 +623,13 @@ async fn random_pairs_the_pages_and_feed_brings_one_back() -> Result<()> {
         alice.wait_message("other", "just us two now").await?;
         alice.say("bye!").await?;
         bob.wait_message("other", "bye!").await?;
+        // Typing in a pair sent nothing but the messages: lesson05 would relay a {"typing"}
+        // (the finished server's) as an unknown frame, shown raw.
+        for page in [alice, bob] {
+            let raw =
+                page.eval("return document.querySelectorAll('#messages li.raw').length;").await?;
+            assert_eq!(raw, json!(0), "a frame other than chat reached the pair");
+        }
 
         alice.click("#feed").await?;
         alice.wait_system("joined").await?;
@@ -1029,7 +1121,14 @@ async fn a_page_that_missed_more_than_the_server_replays_says_how_many() -> Resu
 
 /// The finished server (nothing on disk) and two of its pages, Alice's and Bob's, with ids.
 async fn server_and_two_pages(browser: &Browser) -> Result<(RunningServer, Page, Page)> {
-    let server = RunningServer::start(workspace_binary("server")?, &[]).await?;
+    server_with_flags_and_two_pages(browser, &[]).await
+}
+
+async fn server_with_flags_and_two_pages(
+    browser: &Browser,
+    flags: &[&str],
+) -> Result<(RunningServer, Page, Page)> {
+    let server = RunningServer::start(workspace_binary("server")?, flags).await?;
     let alice = browser.open(&server.http_url()).await?;
     let bob = browser.open(&server.http_url()).await?;
     alice.id().await?;
@@ -1079,7 +1178,7 @@ async fn the_page_signs_up_logs_out_and_logs_in() -> Result<()> {
         bob.wait_account("bob").await?;
         bob.say("welcome back, ada!").await?;
         alice.wait_from("bob", "welcome back, ada!").await?;
-        alice.screenshot(DOCS_SCREENSHOT).await?;
+        alice.screenshot("account-logged-in").await?;
         Ok(())
     })
     .await
@@ -1102,8 +1201,9 @@ async fn a_display_name_is_text_and_a_rename_reaches_the_next_message() -> Resul
         alice.say("who am i").await?;
         bob.wait_from(payload, "who am i").await?;
         for page in [&alice, &bob] {
+            // Pictures of accounts are images now: only the payload's own would have src="x".
             let injected = page
-                .eval("return [document.querySelector('img') === null, window.pwned ?? null];")
+                .eval("return [document.querySelector('img[src=\"x\"]') === null, window.pwned ?? null];")
                 .await?;
             assert_eq!(injected, json!([true, null]), "the display name became markup");
         }
@@ -1134,6 +1234,300 @@ async fn a_display_name_is_text_and_a_rename_reaches_the_next_message() -> Resul
         alice.wait_text("profile-note", "Password changed.").await?;
         alice.wait_text("profile-error", "").await?;
         bob.screenshot("account-name-as-text").await?;
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named rooms, members, typing, deleting, pictures (the finished server serves the page)
+
+/// The names in the page's member list, top to bottom.
+const MEMBERS: &str = "#members .member-name";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_created_and_joined_with_members_typing_and_deletions() -> Result<()> {
+    with_browser(|browser| async move {
+        let (_server, alice, bob) = server_and_two_pages(&browser).await?;
+
+        // A guest sees the list but is not offered to create a room.
+        bob.wait_for("!document.getElementById('rooms-toggle').hidden", Value::Null, "Rooms").await?;
+        bob.open_rooms().await?;
+        bob.wait_texts("#room-list li", &["No rooms yet."]).await?;
+        let create_offered = "return [document.getElementById('room-create').hidden, document.getElementById('rooms-note').hidden];";
+        assert_eq!(bob.eval(create_offered).await?, json!([true, false]), "a guest is offered to create");
+
+        // An account creates one, and is in it at once.
+        alice.sign_up("ada").await?;
+        alice.create_room("rust", "all things crab").await?;
+        alice.wait_text("channel", "#rust").await?;
+        alice.wait_text("room-topic-shown", "all things crab").await?;
+        alice.wait_texts(MEMBERS, &["ada (you)"]).await?;
+
+        // Bob signs up, refreshes the list, and joins by clicking the room.
+        bob.sign_up("bob").await?;
+        bob.open_rooms().await?;
+        bob.click("#rooms-refresh").await?;
+        bob.wait_texts("#room-list li .room-online", &["1 online"]).await?;
+        bob.wait_texts("#room-list li .room-topic", &["all things crab"]).await?;
+        bob.join_room("rust").await?;
+        bob.wait_texts(MEMBERS, &["ada", "bob (you)"]).await?;
+        alice.wait_texts(MEMBERS, &["ada (you)", "bob"]).await?;
+        // Accounts have pictures, in the member list too.
+        let pictures = "[...document.querySelectorAll('#members img.avatar')]
+            .filter(img => img.complete && img.naturalWidth === 256).length === 2";
+        alice.wait_for(pictures, Value::Null, "both members' pictures").await?;
+
+        // Bob types: Alice reads that he does; his message ends it (well before its 3 s).
+        bob.session.find(Locator::Id("input")).await?.send_keys("hello").await?;
+        alice.wait_text("typing", "bob is typing…").await?;
+        bob.say(" ada").await?;
+        alice.wait_from("bob", "hello ada").await?;
+        assert_eq!(alice.texts("#typing").await?, [""], "the typing line outlived the message");
+        let bobs_picture = "document.querySelector('#messages li.other img.avatar')?.naturalWidth === 256";
+        alice.wait_for(bobs_picture, Value::Null, "bob's picture on his message").await?;
+
+        // Ada takes back her own message (it has a seq from its receipt); Bob's have no control
+        // on her page, hers none on his.
+        alice.say("oops, wrong room").await?;
+        bob.wait_from("ada", "oops, wrong room").await?;
+        alice.say("hi bob").await?;
+        bob.wait_from("ada", "hi bob").await?;
+        let control = "li.message.own button.delete:not([hidden])";
+        alice.wait_for(&format!("document.querySelectorAll('{control}').length === 2"), Value::Null, "two delete controls").await?;
+        let controls = "return ['li.own', 'li.other'].map(side =>
+            document.querySelectorAll(`#messages ${side} button.delete`).length);";
+        assert_eq!(alice.eval(controls).await?, json!([2, 0]), "delete controls on ada's page");
+        assert_eq!(bob.eval(controls).await?, json!([1, 0]), "delete controls on bob's page");
+        alice.click(&format!("#messages {control}")).await?;
+        for page in [&alice, &bob] {
+            page.wait_texts("#messages li.deleted .bubble", &["message deleted"]).await?;
+        }
+        assert_eq!(bob.chat_texts().await?, ["hello ada", "message deleted", "hi bob"]);
+        // The server's refusal is shown as text.
+        alice.eval("window.chatterbox.sendFrame({delete: 999});").await?;
+        let refusal = "delete: there is no message 999 in this channel";
+        alice.wait_for(
+            "document.querySelector('#errors .error span')?.textContent === 'Server: ' + arguments[0]",
+            json!(refusal),
+            "the refusal",
+        )
+        .await?;
+        alice.click("#errors .error button").await?;
+
+        // Bob starts typing again (the server passes on one a 2 s per person: he keeps
+        // typing until it does), for the picture of the page.
+        let typing_again = async {
+            let input = bob.session.find(Locator::Id("input")).await?;
+            loop {
+                input.send_keys("…").await?;
+                if alice.texts("#typing").await? == ["bob is typing…"] {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await; // the typing pace
+            }
+        };
+        timeout(WAIT, typing_again).await.context("bob's typing never showed again")??;
+        alice.screenshot(DOCS_SCREENSHOT).await?;
+
+        // Bob goes back to the feed: he leaves Ada's list, and his page leaves the room.
+        bob.click("#feed").await?;
+        alice.wait_texts(MEMBERS, &["ada (you)"]).await?;
+        bob.wait_for("document.getElementById('room-bar').hidden", Value::Null, "the room bar to go").await?;
+        alice.open_rooms().await?;
+        alice.wait_texts("#room-list li .room-online", &["1 online"]).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// An 8×8 PNG of one orange, (245, 158, 11): small, and easy to recognise once the server has
+/// made it 256×256.
+const ORANGE_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x08, 0x08, 0x02, 0x00, 0x00, 0x00, 0x4b, 0x6d, 0x29,
+    0xdc, 0x00, 0x00, 0x00, 0x11, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8, 0x3a, 0x8f, 0x1b,
+    0x2b, 0x62, 0x18, 0x5a, 0x12, 0x00, 0xab, 0xa0, 0x67, 0x81, 0x68, 0x7f, 0x76, 0xde, 0x00, 0x00,
+    0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// True when every picture of account `arguments[0]` on the page (but the preview) is loaded
+/// and orange in its centre.
+const ORANGE_PICTURES: &str = "(() => {
+    const pictures = [...document.querySelectorAll(`img[data-avatar-id='${arguments[0]}']`)];
+    const orange = (img) => {
+        if (!img.complete || img.naturalWidth === 0) return false;
+        const canvas = document.createElement('canvas');
+        canvas.width = canvas.height = 1;
+        const context = canvas.getContext('2d');
+        context.drawImage(img, img.naturalWidth / 2, img.naturalHeight / 2, 1, 1, 0, 0, 1, 1);
+        const [r, g, b] = context.getImageData(0, 0, 1, 1).data;
+        return Math.abs(r - 245) < 8 && Math.abs(g - 158) < 8 && Math.abs(b - 11) < 8;
+    };
+    return pictures.length > 0 && pictures.every(orange);
+})()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_picture_is_previewed_uploaded_and_a_rename_is_seen_live() -> Result<()> {
+    with_browser(|browser| async move {
+        let flags = ["--max-avatar-bytes", "4096"];
+        let (_server, alice, bob) = server_with_flags_and_two_pages(&browser, &flags).await?;
+        alice.sign_up("grace").await?;
+        let grace = alice.eval("return document.body.dataset.account;").await?;
+        let grace = grace.as_str().context("an account id")?.to_owned();
+        alice.create_room("lab", "").await?;
+        bob.join_room("lab").await?;
+        alice.say("before the change").await?;
+        bob.wait_from("grace", "before the change").await?;
+
+        let files = tempfile::tempdir()?;
+        let path_of = |name: &str, bytes: &[u8]| -> Result<String> {
+            let path = files.path().join(name);
+            std::fs::write(&path, bytes)?;
+            path.to_str().map(str::to_owned).context("a UTF-8 temporary path")
+        };
+        let good = path_of("orange.png", ORANGE_PNG)?;
+        let text = path_of("notes.png", b"not a picture at all")?;
+        let mut big = ORANGE_PNG.to_vec();
+        big.resize(5000, 0);
+        let big = path_of("big.png", &big)?;
+
+        // The picture chosen shows at once, from the file itself, before anything is sent.
+        alice.click("#profile-toggle").await?;
+        alice.session.find(Locator::Id("avatar-file")).await?.send_keys(&good).await?;
+        let previewed = "(() => { const preview = document.getElementById('avatar-preview');
+            return !preview.hidden && preview.src.startsWith('blob:') && preview.complete
+                && preview.naturalWidth === 8; })()";
+        alice.wait_for(previewed, Value::Null, "the preview of the file").await?;
+        assert_eq!(
+            alice.eval("return document.getElementById('avatar-upload').disabled;").await?,
+            json!(false)
+        );
+        alice.screenshot("picture-preview").await?;
+
+        // Uploaded: the profile's picture, and Grace's pictures on Bob's page (her message, the
+        // member list), are the new one, fetched again after the server's {"profile"} frame.
+        alice.click("#avatar-upload").await?;
+        alice.wait_text("profile-note", "Picture saved.").await?;
+        alice
+            .wait_for(
+                "document.getElementById('avatar-preview').hidden",
+                Value::Null,
+                "the preview to go",
+            )
+            .await?;
+        alice.wait_for(ORANGE_PICTURES, json!(grace), "the new picture on grace's page").await?;
+        bob.wait_for(ORANGE_PICTURES, json!(grace), "the new picture on bob's page").await?;
+        let on_bobs_page =
+            "return document.querySelectorAll(`img[data-avatar-id='${arguments[0]}']`).length;";
+        let pictures = bob.session.execute(on_bobs_page, vec![json!(grace)]).await?;
+        assert_eq!(pictures, json!(2), "grace's message and her entry in the member list");
+
+        // The server's reasons, as text: not a picture; too big.
+        alice.session.find(Locator::Id("avatar-file")).await?.send_keys(&text).await?;
+        alice.click("#avatar-upload").await?;
+        alice.wait_text("profile-error", "the picture must be a PNG, JPEG or WebP image").await?;
+        alice.session.find(Locator::Id("avatar-file")).await?.send_keys(&big).await?;
+        alice.click("#avatar-upload").await?;
+        alice.wait_text("profile-error", "the body is over 4096 bytes").await?;
+
+        // A rename reaches Bob's page at once: the member list and the label of the message
+        // already there; the next message carries it too.
+        alice.fill("profile-name", "Grace Hopper").await?;
+        alice.click("#name-form button").await?;
+        bob.wait_texts(MEMBERS, &["Grace Hopper", &bob.guest_member_label().await?]).await?;
+        bob.wait_from("Grace Hopper", "before the change").await?;
+        alice.say("after the change").await?;
+        bob.wait_from("Grace Hopper", "after the change").await?;
+        bob.screenshot("live-rename").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_topics_and_room_names_are_shown_as_text() -> Result<()> {
+    with_browser(|browser| async move {
+        let (_server, alice, bob) = server_and_two_pages(&browser).await?;
+        let payload = "<img src=x onerror=window.__xss=1>";
+        alice.sign_up("mallory").await?;
+        alice.click("#profile-toggle").await?;
+        alice.fill("profile-name", payload).await?;
+        alice.click("#name-form button").await?;
+        alice.wait_text("me-name", payload).await?;
+
+        // Markup as a room's topic: the list and the room's bar show its characters.
+        alice.create_room("markup", payload).await?;
+        alice.wait_text("room-topic-shown", payload).await?;
+        // Markup as a room's name: the server refuses it, and its reason is shown as text.
+        alice.open_rooms().await?;
+        alice.wait_texts("#room-list .room-topic", &[payload]).await?;
+        alice.try_create_room(payload, "").await?;
+        alice.wait_text("rooms-error", "a room name is 1 to 32 of a-z, 0-9 and -").await?;
+
+        // A guest joins: the name in the member list, the typing line and on a message.
+        bob.join_room("markup").await?;
+        bob.wait_text("room-topic-shown", payload).await?;
+        bob.open_rooms().await?;
+        bob.wait_texts("#room-list .room-topic", &[payload]).await?;
+        bob.wait_texts(MEMBERS, &[payload, &bob.guest_member_label().await?]).await?;
+        alice.session.find(Locator::Id("input")).await?.send_keys(payload).await?;
+        bob.wait_text("typing", &format!("{payload} is typing…")).await?;
+        alice.say("").await?;
+        bob.wait_from(payload, payload).await?;
+        for page in [&alice, &bob] {
+            page.assert_no_markup_ran().await?;
+        }
+        bob.screenshot("room-markup-as-text").await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_goes_back_into_its_room_after_a_restart_and_after_logging_in() -> Result<()> {
+    with_browser(|browser| async move {
+        let database = TempDatabase::new()?;
+        let database = database.path();
+        let port = free_port()?;
+        let server = finished_server(database, port, &[]).await?;
+        let alice = browser.open(&server.http_url()).await?;
+        alice.sign_up("ada").await?;
+        alice.create_room("rust", "all things crab").await?;
+        alice.say("before the restart").await?;
+        let own_delete = "document.querySelectorAll('#messages li.own button.delete:not([hidden])').length === 1";
+        alice.wait_for(own_delete, Value::Null, "Delete on ada's message").await?;
+        terminate(server).await?;
+        alice.wait_system("disconnected").await?;
+
+        // Said in the room while the page cannot reach the server.
+        let meanwhile = finished_server(database, 0, &[]).await?;
+        let (mut guest, _) = Connection::join(&meanwhile.ws_url()).await?;
+        guest.send_json(&json!({"channel": "room", "room": "rust"})).await?;
+        while guest.recv_json().await?["status"] != "joined" {}
+        guest.send_json(&json!({"type": "text", "data": {"text": "said while away"}, "ack": true})).await?;
+        while guest.recv_json().await?.get("sent").is_none() {}
+        guest.close().await?;
+        terminate(meanwhile).await?;
+
+        // Back on the same port: the page is in the room again, with what it missed, once,
+        // and its own message still has its number (and Delete).
+        let server = finished_server(database, port, &[]).await?;
+        alice.wait_system("reconnected").await?;
+        alice.wait_text("channel", "#rust").await?;
+        alice.wait_text("room-topic-shown", "all things crab").await?;
+        alice.wait_message("other", "said while away").await?;
+        assert_eq!(alice.chat_texts().await?, ["before the restart", "said while away"]);
+        alice.wait_for(own_delete, Value::Null, "Delete on ada's message after the restart").await?;
+
+        // A guest in the room who logs in is back in it as the account.
+        let bob = browser.open(&server.http_url()).await?;
+        bob.join_room("rust").await?;
+        alice.wait_for("window.chatterbox.room.members.size === 2", Value::Null, "the guest").await?;
+        bob.sign_up("bob").await?;
+        bob.wait_text("room-title", "#rust").await?;
+        bob.wait_texts(MEMBERS, &["ada", "bob (you)"]).await?;
+        alice.wait_texts(MEMBERS, &["ada (you)", "bob"]).await?;
         Ok(())
     })
     .await

@@ -129,6 +129,9 @@ const state = {
   // knows. It learns it from what comes back (see receive and submit); lessons 01-03 pass a
   // scheduled message on at once, to the others only.
   schedules: null,
+  // This connection has sent a frame only the finished server sends ({"me"}, presence, ...):
+  // it may be sent what only the finished server reads (receipts, typing).
+  finished: false,
   attempt: 0, // reconnect attempts since the last good connection
   retryTimer: null,
   wasConnected: false,
@@ -152,6 +155,22 @@ const feed = {
   loadingBefore: null, // the `before` of the page of earlier messages on its way
   noneEarlier: false, // the server said there are no earlier ones
 };
+
+// Our messages sent with "ack": true whose receipt ({"sent": {"seq"}}) has not come yet, oldest
+// first: {item, channel}. The receipt gives the seq that {"delete": SEQ} takes back.
+const awaitingReceipts = [];
+
+// The channel the page is in, as `{"deleted"}` names it: "feed", "random", or a named room's
+// name (those two are not room names). null while offline.
+function channelKey() {
+  return state.channel === "room" ? room.name : state.channel;
+}
+
+// Whether the server is the finished one, which reads receipts and typing. (A lesson relays
+// what it does not know to the others, or echoes it back.)
+function knowsFinishedServer() {
+  return feed.numbered || state.finished || accountsPossible();
+}
 
 const EARLIER_PAGE = 50; // messages asked for per page of earlier ones
 const UNCONFIRMED_KEPT = 100;
@@ -212,6 +231,9 @@ function messageItem({ author, name, kind, body, own, at }) {
   const label = own ? "you" : named ? name : shortId(author);
   const who = element("span", named ? "author named" : "author", label);
   if (typeof author === "string") who.title = author;
+  // Accounts have pictures; guests (no name) do not. Ours is the account's, when logged in.
+  const picture = avatarsPossible() ? avatarImage(own ? account.me?.id : named ? author : null) : null;
+  if (picture) meta.append(picture);
   meta.append(who, timeElement(at));
   const bubble = element("div", kind === "emoji" ? "bubble emoji" : "bubble", body);
   item.append(meta, bubble);
@@ -230,13 +252,40 @@ function timeElement(at) {
   return node;
 }
 
-// Our own message, shown as it is sent. In the feed it waits for its seq (see `feed`).
-function showOwn(kind, body) {
+// Our own message, shown as it is sent. In the feed it waits for its seq (see `feed`). With
+// `acked`, the server was asked for a receipt with its seq (see receiveSent).
+function showOwn(kind, body, acked) {
   const item = messageItem({ author: state.id ?? undefined, kind, body, own: true });
   append(item);
+  if (acked) awaitingReceipts.push({ item, channel: channelKey() });
   if (state.channel !== "feed") return;
   feed.unconfirmed.push({ kind, body, item });
   if (feed.unconfirmed.length > UNCONFIRMED_KEPT) feed.unconfirmed.shift();
+}
+
+// A message's number in the channel it was said in, and the control that takes it back when it
+// is ours. The number means something only while the page is in that channel (see
+// enterChannel): `{"delete": SEQ}` is about the channel the sender is in now.
+function numberItem(item, seq, channel) {
+  item.dataset.seq = String(seq);
+  item.dataset.channel = channel;
+  if (!item.classList.contains("own") || item.querySelector("button.delete")) return;
+  const control = element("button", "delete quiet", "Delete");
+  control.type = "button";
+  control.title = "Take this message back, for everyone";
+  control.hidden = channel !== channelKey();
+  control.addEventListener("click", () => {
+    if (item.dataset.channel !== channelKey() || !item.dataset.seq) return;
+    if (!sendFrame({ delete: Number(item.dataset.seq) })) showHelp("Not connected, so nothing was deleted.");
+  });
+  item.querySelector(".meta")?.append(control);
+}
+
+// A message no longer numbered: another server, or a room the page has left.
+function unnumber(item) {
+  delete item.dataset.seq;
+  delete item.dataset.channel;
+  item.querySelector("button.delete")?.remove();
 }
 
 // A line from the page or the server about the conversation itself, not part of it.
@@ -287,7 +336,7 @@ function setChannel(label) {
 // Offline, the page is in no channel and has no id: the header says so, whatever it said before.
 function showOffline(stateName, text) {
   state.id = null;
-  state.channel = null;
+  enterChannel(null, null);
   delete document.body.dataset.id;
   delete document.body.dataset.account;
   setChannel("—");
@@ -330,16 +379,26 @@ function receive(text) {
     return;
   }
   // The finished server's profile of the account this connection speaks as, right after the id.
-  if (isObject(frame.me) && Object.keys(frame).length === 1) return receiveMe(frame.me);
+  if (isObject(frame.me) && Object.keys(frame).length === 1) {
+    state.finished = true;
+    return receiveMe(frame.me);
+  }
   if ("error" in frame) {
+    // A refused message gets no receipt: the receipts still awaited cannot be matched any more.
+    awaitingReceipts.length = 0;
+    room.rejoin = null; // if it was about going back into a room, that room is gone
     const error = frame.error;
     const reason = typeof error === "string" ? error : error?.message ?? JSON.stringify(error);
     return showError(`Server: ${reason}`);
   }
+  if (frame.channel === "room" && frame.status === "joined" && typeof frame.room === "string") {
+    return receiveRoomJoined(frame);
+  }
   if (typeof frame.channel === "string" && typeof frame.status === "string") {
     const notice = NOTICES[`${frame.channel}/${frame.status}`];
     const [label, line] = notice ?? [frame.channel, `${frame.channel}: ${frame.status}`];
-    state.channel = frame.channel;
+    room.rejoin = null; // the user went elsewhere
+    enterChannel(frame.channel, null);
     setChannel(label);
     keepingBottom(updateEarlier);
     return showSystem(line, frame.status);
@@ -347,10 +406,19 @@ function receive(text) {
   // The finished server's presence, typing, "who" and deletions (docs/PROTOCOL.md). Each is
   // one key alone; a lesson never sends them.
   const only = (key) => isObject(frame[key]) && Object.keys(frame).length === 1;
-  if (only("presence")) return receivePresence(frame.presence);
-  if (only("deleted")) return receiveDeleted(frame.deleted);
-  if (only("who")) return receiveWho(frame.who);
-  if (only("typing") || only("sent")) return; // no typing indicator yet; acks are not asked for
+  const finishedOnly = {
+    presence: receivePresence,
+    deleted: receiveDeleted,
+    who: receiveWho,
+    typing: receiveTyping,
+    sent: receiveSent,
+    profile: receiveProfile,
+  };
+  for (const [key, handle] of Object.entries(finishedOnly)) {
+    if (!only(key)) continue;
+    state.finished = true;
+    return handle(frame[key]);
+  }
   // {"history": {...}} alone is the finished server's, and only a server that numbers its
   // messages is listened to (lessons 01-02 relay whatever a client sent).
   if (feed.numbered && isObject(frame.history) && Object.keys(frame).length === 1) {
@@ -376,20 +444,54 @@ function personLabel(person) {
   return name !== "" ? name : shortId(person?.id);
 }
 
-// {"joined": person} or {"left": person}: a quiet line.
+// {"joined": person} or {"left": person}: a quiet line, and the room's member list.
 function receivePresence(presence) {
-  if (isObject(presence.joined)) return showSystem(`${personLabel(presence.joined)} joined`, "presence");
-  if (isObject(presence.left)) return showSystem(`${personLabel(presence.left)} left`, "presence");
+  if (isPerson(presence.joined)) {
+    room.members.set(presence.joined.id, presence.joined);
+    showMembers();
+    return showSystem(`${personLabel(presence.joined)} joined`, "presence");
+  }
+  if (isPerson(presence.left)) {
+    room.members.delete(presence.left.id);
+    stopTyping(presence.left.id);
+    showMembers();
+    return showSystem(`${personLabel(presence.left)} left`, "presence");
+  }
 }
 
-// {"channel", "seq"}: a message taken back by its author; shown as gone where it is on screen.
+function isPerson(person) {
+  return isObject(person) && typeof person.id === "string";
+}
+
+// {"channel", "seq"}: a message taken back by its author, gone for everyone in that channel.
+// Our own copy is found by the seq its receipt gave it.
 function receiveDeleted(deleted) {
-  if (deleted.channel !== "feed" || state.channel !== "feed" || !Number.isSafeInteger(deleted.seq)) return;
-  const item = document.querySelector(`#messages li[data-seq="${deleted.seq}"]`);
-  if (!item) return;
-  item.classList.add("deleted");
-  const bubble = item.querySelector(".bubble");
-  if (bubble) bubble.textContent = "message deleted";
+  if (deleted.channel !== channelKey() || !Number.isSafeInteger(deleted.seq)) return;
+  const selector = `#messages li[data-channel="${CSS.escape(deleted.channel)}"][data-seq="${deleted.seq}"]`;
+  for (const item of document.querySelectorAll(selector)) {
+    item.classList.add("deleted");
+    item.querySelector("button.delete")?.remove();
+    const bubble = item.querySelector(".bubble");
+    if (bubble) {
+      bubble.className = "bubble";
+      bubble.textContent = "message deleted";
+    }
+  }
+}
+
+// {"seq"}: the receipt for the oldest of our messages still waiting for one. The server answers
+// in the order it got them.
+function receiveSent(sent) {
+  const waiting = awaitingReceipts.shift();
+  if (!waiting || !Number.isSafeInteger(sent.seq) || !waiting.item.isConnected) return;
+  if (waiting.channel !== channelKey()) return;
+  if (waiting.channel !== "feed") return numberItem(waiting.item, sent.seq, waiting.channel);
+  // In the feed the seq is the resume point too; and the message no longer waits for a
+  // history to number it.
+  if (feed.shown.has(sent.seq)) return;
+  feed.unconfirmed = feed.unconfirmed.filter((entry) => entry.item !== waiting.item);
+  markSeq(waiting.item, sent.seq);
+  keepingBottom(updateEarlier);
 }
 
 // {"count", "members"}: who is here.
@@ -422,6 +524,8 @@ function seqOf(frame) {
 
 function receiveChat(frame, message) {
   const seq = seqOf(frame);
+  // Whoever was typing has said it.
+  if (typeof frame.author === "string" && frame.history !== true) stopTyping(frame.author);
   if (seq === null) {
     // A chat frame without a seq: a lesson, maybe in place of the finished server since the
     // last connection. Never send it ?after= or history requests.
@@ -430,8 +534,12 @@ function receiveChat(frame, message) {
   }
   feed.numbered = true;
   state.schedules = true; // the finished server delivers /schedule messages
-  // A room's seqs are its own, and rooms keep no history: only the feed's count.
-  if (state.channel !== "feed") return append(messageItem(message));
+  // A room's seqs are its own: only the feed's count for resuming and earlier pages.
+  if (state.channel !== "feed") {
+    const item = messageItem(message);
+    numberItem(item, seq, channelKey());
+    return append(item);
+  }
   if (feed.shown.has(seq)) return; // on screen already
   const history = frame.history === true;
   if (history && message.own && confirmOwn(message, seq)) return;
@@ -444,7 +552,7 @@ function receiveChat(frame, message) {
 }
 
 function markSeq(item, seq) {
-  item.dataset.seq = String(seq);
+  numberItem(item, seq, "feed");
   feed.shown.add(seq);
   if (feed.lastSeq === null || seq > feed.lastSeq) feed.lastSeq = seq;
   if (feed.oldest === null || seq < feed.oldest) feed.oldest = seq;
@@ -474,7 +582,7 @@ function insertAboveDivider(item) {
 
 // The seqs on screen mean nothing any more: another server, a lesson, or a wiped store.
 function forgetFeed() {
-  for (const item of list.querySelectorAll("li[data-seq]")) delete item.dataset.seq;
+  for (const item of list.querySelectorAll('li[data-channel="feed"]')) unnumber(item);
   feed.numbered = false;
   feed.lastSeq = null;
   feed.shown.clear();
@@ -489,6 +597,11 @@ function forgetFeed() {
 
 function receiveHistory(history) {
   if (Array.isArray(history.messages)) return receiveEarlier(history);
+  if (history.reset === true && state.channel === "room") {
+    // The same about a room we came back into (with "after"): its numbers on screen are stale.
+    for (const item of list.querySelectorAll(`li[data-channel="${CSS.escape(room.name)}"]`)) unnumber(item);
+    return showSystem("This room's history was reset. Its latest messages follow.", "history-reset");
+  }
   if (history.reset === true) {
     // The server has fewer messages than we saw: its numbers start again. What follows is its
     // latest messages, as a newcomer gets them.
@@ -536,7 +649,7 @@ function receiveEarlier({ before, messages, more }) {
   if (before !== feed.loadingBefore) return; // not the page we asked for
   feed.loadingBefore = null;
   feed.noneEarlier = more !== true;
-  const anchor = list.querySelector(`li[data-seq="${before}"]`);
+  const anchor = list.querySelector(`li[data-channel="feed"][data-seq="${before}"]`);
   keepingPlace(() => {
     for (const frame of anchor ? messages : []) {
       const chat = isObject(frame) ? chatContent(frame) : null;
@@ -599,8 +712,11 @@ function connect() {
     // Lessons 01-02 never send an id; the page works without one.
     state.id = null;
     state.schedules = null; // maybe another stage now: learn it again
-    state.channel = "feed"; // a new connection starts in the feed
+    state.finished = false; // maybe a lesson now, on the same address
+    awaitingReceipts.length = 0;
+    enterChannel("feed", null); // a new connection starts in the feed
     setChannel("feed");
+    rejoinRoom();
     setStatus("open", "connected");
     feed.divider = null; // this connection's history, if any, gets a line of its own
     feed.loadingBefore = null; // a page asked for on the last connection will not come
@@ -613,6 +729,7 @@ function connect() {
   socket.addEventListener("close", () => {
     if (state.socket !== socket) return; // a socket we replaced on purpose
     state.socket = null;
+    rememberRoomToRejoin();
     if (state.attempt === 0 && state.wasConnected) {
       showSystem("Connection lost. Reconnecting…", "disconnected");
     }
@@ -638,6 +755,7 @@ function socketAddress() {
 
 function reconnectTo(server) {
   forgetFeed(); // another server's numbers are not this one's
+  room.rejoin = null; // nor its rooms
   state.server = server;
   state.attempt = 0;
   state.wasConnected = false;
@@ -706,8 +824,11 @@ function submit() {
     frame = { channel: value.trim().slice(1) };
   } else {
     frame = chatFrame("text", { text: value });
+    // The finished server gives a receipt with the message's seq, for deleting it later.
+    const acked = knowsFinishedServer();
+    if (acked) frame.ack = true;
     // The server does not send our own message back (lesson01 does: it echoes everything).
-    shown = () => showOwn("text", value);
+    shown = () => showOwn("text", value, acked);
   }
 
   if (!sendFrame(frame)) {
@@ -749,6 +870,7 @@ input.addEventListener("keydown", (event) => {
 });
 input.addEventListener("input", () => {
   autosize();
+  sendTyping();
   if (!help.hidden && parseSchedule(input.value)?.error === undefined) hideHelp();
 });
 $("composer").addEventListener("submit", (event) => {
@@ -772,8 +894,9 @@ for (const emoji of EMOJI) {
   const button = element("button", "quiet", emoji);
   button.type = "button";
   button.addEventListener("click", () => {
-    if (sendFrame(chatFrame("emoji", { emoji }))) {
-      showOwn("emoji", emoji);
+    const acked = knowsFinishedServer();
+    if (sendFrame({ ...chatFrame("emoji", { emoji }), ...(acked ? { ack: true } : {}) })) {
+      showOwn("emoji", emoji, acked);
     } else {
       showHelp("Not connected, so nothing was sent.");
     }
@@ -835,10 +958,12 @@ function accountsPossible() {
 }
 
 // One call to the account API: the JSON answer (null for 204), or an Error with the server's
-// `{"error"}` text.
+// `{"error"}` text. A Blob (a picture) is sent as it is, anything else as JSON.
 async function api(method, path, body) {
   const init = { method, credentials: "same-origin", headers: {} };
-  if (body !== undefined) {
+  if (body instanceof Blob) {
+    init.body = body;
+  } else if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
@@ -892,6 +1017,8 @@ function showAccount() {
   $("login-toggle").hidden = Boolean(me);
   $("profile-toggle").hidden = !me;
   $("logout").hidden = !me;
+  $("rooms-toggle").hidden = !account.available;
+  showRooms(); // only accounts create rooms
   if (me) closePanel("login");
   else closePanel("profile");
 }
@@ -907,6 +1034,7 @@ function receiveMe(profile) {
 // After logging in or out: a new connection, which the server gives to the account (or to a
 // new guest). It resumes after the last seq seen, so nothing on screen is shown twice.
 function reopen() {
+  rememberRoomToRejoin();
   clearTimeout(state.retryTimer);
   state.attempt = 0;
   state.wasConnected = false; // no "Reconnected." line: the user asked for it
@@ -974,6 +1102,7 @@ $("logout").addEventListener("click", async () => {
 $("profile-toggle").addEventListener("click", () => {
   togglePanel("profile", $("profile").hidden);
   if ($("profile").hidden) return;
+  showCurrentAvatar();
   $("profile-name").value = account.me?.name ?? "";
   $("profile-name").focus();
 });
@@ -995,8 +1124,340 @@ $("password-form").addEventListener("submit", (event) => {
   });
 });
 
+// ---------------------------------------------------------------------------------------------
+// Profile pictures (docs/PROTOCOL.md, "Pictures"): /avatars/ID on the server that serves the
+// page, beside accounts' messages and in the member list. Guests have none. The picture of an
+// id is fetched again (with ?v=, past the browser's copy) when it may have changed.
+
+const avatarVersions = new Map(); // id → the ?v= of its newest picture
+const ACCOUNT_ID = /^[0-9a-f]{32}$/;
+
+// Pictures come from the page's own origin only (the CSP says so), that is from the finished
+// server that serves it.
+function avatarsPossible() {
+  return accountsPossible();
+}
+
+function avatarUrl(id) {
+  const version = avatarVersions.get(id);
+  return version ? `/avatars/${id}?v=${version}` : `/avatars/${id}`;
+}
+
+// A small picture of account `id`; null for anything that is not an id (32 hex digits).
+function avatarImage(id) {
+  if (!ACCOUNT_ID.test(id ?? "")) return null;
+  const image = element("img", "avatar");
+  image.alt = ""; // the name stands beside it
+  image.dataset.avatarId = id;
+  image.addEventListener("error", () => {
+    image.hidden = true; // no such account (any more): no broken-image icon
+  });
+  image.src = avatarUrl(id);
+  return image;
+}
+
+function reloadAvatars(id) {
+  if (!ACCOUNT_ID.test(id)) return;
+  avatarVersions.set(id, Date.now());
+  for (const image of document.querySelectorAll(`img[data-avatar-id="${id}"]`)) {
+    image.hidden = false;
+    image.src = avatarUrl(id);
+  }
+}
+
+function showCurrentAvatar() {
+  const current = $("avatar-current");
+  const id = account.me?.id;
+  current.hidden = !id;
+  if (!id) return;
+  current.dataset.avatarId = id;
+  current.src = avatarUrl(id);
+}
+
+// The picture chosen is shown before it is sent, from the file itself (an object URL, freed
+// when another is chosen or it is sent).
+const avatarFile = $("avatar-file");
+const avatarPreview = $("avatar-preview");
+let previewUrl = null;
+
+function showPreview(file) {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = file ? URL.createObjectURL(file) : null;
+  avatarPreview.hidden = !previewUrl;
+  if (previewUrl) avatarPreview.src = previewUrl;
+  else avatarPreview.removeAttribute("src");
+  $("avatar-upload").disabled = !file;
+}
+
+avatarFile.addEventListener("change", () => showPreview(avatarFile.files[0] ?? null));
+$("avatar-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const file = avatarFile.files[0];
+  if (!file) return;
+  attempt($("profile-error"), async () => {
+    try {
+      await api("POST", "/api/me/avatar", file);
+    } catch (error) {
+      // fetch's own failure (the server closed the connection mid-upload) says only "Failed
+      // to fetch": say what was being done.
+      if (error.status === undefined) throw new Error(`The picture could not be sent: ${error.message}`);
+      throw error;
+    }
+    avatarFile.value = "";
+    showPreview(null);
+    reloadAvatars(account.me?.id ?? "");
+    $("profile-note").textContent = "Picture saved.";
+  });
+});
+
+// {"id", "name", "avatar"}: an account in our channel changed its name or picture. Its entries
+// in the member list, its typing line and the names on its messages follow, and its pictures
+// are fetched again.
+function receiveProfile(profile) {
+  if (!isPerson(profile) || typeof profile.name !== "string") return;
+  const { id, name } = profile;
+  if (room.members.has(id)) {
+    room.members.set(id, { ...room.members.get(id), name });
+    showMembers();
+  }
+  const typist = typing.people.get(id);
+  if (typist) {
+    typist.person = { ...typist.person, name };
+    showTyping();
+  }
+  for (const label of list.querySelectorAll(`li.message.other[data-author="${CSS.escape(id)}"] .author.named`)) {
+    label.textContent = name;
+  }
+  if (account.me?.id === id) showMe({ ...account.me, name }); // our other tab renamed us
+  reloadAvatars(id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named rooms (docs/PROTOCOL.md, "Named rooms" and "Presence"): the list from GET /api/rooms,
+// creating one (accounts only), joining one, and the room's members and who is typing. Like
+// accounts, only when the finished server serves the page.
+
+const rooms = {
+  list: [], // the server's list, as last fetched
+  asked: 0, // how many times it was asked for: only the newest answer is shown
+};
+const room = {
+  name: null, // the named room the page is in
+  members: new Map(), // id → {id, name?}, in the order they came
+  // The room to go back into when the next connection opens: the page was in it when its
+  // connection ended (a restart, lost Wi-Fi, logging in or out), and the server puts every
+  // new connection in the feed.
+  rejoin: null,
+};
+
+function isRoom(value) {
+  return isObject(value) && typeof value.name === "string";
+}
+
+async function refreshRooms() {
+  if (!accountsPossible()) return;
+  const listed = $("room-list");
+  rooms.asked += 1;
+  const asked = rooms.asked;
+  listed.dataset.state = "loading";
+  try {
+    const list = await api("GET", "/api/rooms");
+    if (asked !== rooms.asked) return; // a newer answer is on its way
+    rooms.list = Array.isArray(list) ? list.filter(isRoom) : [];
+    $("rooms-error").textContent = "";
+  } catch (error) {
+    if (asked === rooms.asked) $("rooms-error").textContent = `The rooms could not be listed: ${error.message}`;
+    return;
+  } finally {
+    if (asked === rooms.asked) listed.dataset.state = "ready";
+  }
+  showRooms();
+  showRoom();
+}
+
+function showRooms() {
+  const listed = $("room-list");
+  listed.replaceChildren();
+  if (rooms.list.length === 0) listed.append(element("li", "room-empty", "No rooms yet."));
+  for (const { name, topic, online } of rooms.list) {
+    const entry = element("li", name === room.name ? "room current" : "room");
+    const join = element("button", "room-join", `#${name}`);
+    join.type = "button";
+    join.dataset.room = name;
+    join.title = `Join #${name}`;
+    join.addEventListener("click", () => joinRoom(name));
+    const count = Number.isSafeInteger(online) ? online : 0;
+    entry.append(join, element("span", "room-topic", typeof topic === "string" ? topic : ""));
+    entry.append(element("span", "room-online", `${count} online`));
+    listed.append(entry);
+  }
+  $("room-create").hidden = !account.me;
+  $("rooms-note").hidden = Boolean(account.me);
+}
+
+function joinRoom(name) {
+  if (!sendFrame({ channel: "room", room: name })) return showHelp("Not connected, so no room was joined.");
+  closePanel("rooms");
+}
+
+function rememberRoomToRejoin() {
+  if (room.name !== null) room.rejoin = room.name;
+}
+
+// On a new connection: back into the room, asking only for what came after the last message
+// of it on screen (as ?after= does for the feed). Its messages on screen keep their numbers
+// meanwhile (see enterChannel), so that Delete and deletions still find them.
+function rejoinRoom() {
+  const name = room.rejoin;
+  if (name === null) return;
+  const numbered = list.querySelectorAll(`li[data-channel="${CSS.escape(name)}"]`);
+  const seqs = [...numbered].map((item) => Number(item.dataset.seq));
+  const frame = { channel: "room", room: name };
+  if (seqs.length > 0) frame.after = Math.max(...seqs);
+  if (!sendFrame(frame)) room.rejoin = null;
+}
+
+// The page moves to another channel ("feed", "random", "room" with `roomName`, or null when
+// offline). Numbers of the channel left mean nothing any more, except the feed's, which the page
+// keeps for resuming; who was typing there is forgotten.
+function enterChannel(channel, roomName) {
+  const before = channelKey();
+  state.channel = channel;
+  room.name = channel === "room" ? roomName : null;
+  const now = channelKey();
+  if (now !== before) {
+    room.members.clear();
+    clearTyping();
+    for (const item of list.querySelectorAll("li[data-channel]")) {
+      const kept = ["feed", now, room.rejoin];
+      if (!kept.includes(item.dataset.channel)) unnumber(item);
+    }
+  }
+  for (const control of list.querySelectorAll("button.delete")) {
+    control.hidden = control.closest("li")?.dataset.channel !== now;
+  }
+  showRoom();
+}
+
+// {"channel": "room", "room", "status": "joined", "members"}: in a named room now.
+function receiveRoomJoined(frame) {
+  state.finished = true;
+  room.rejoin = null;
+  enterChannel("room", frame.room);
+  room.members.clear();
+  for (const person of Array.isArray(frame.members) ? frame.members : []) {
+    if (isPerson(person)) room.members.set(person.id, person);
+  }
+  setChannel(`#${frame.room}`);
+  keepingBottom(updateEarlier);
+  showMembers();
+  showSystem(`You are in #${frame.room}.`, "room-joined");
+  refreshRooms(); // its topic, and the online counts, which just changed
+}
+
+// The bar above the messages: the room's name, topic and members.
+function showRoom() {
+  const bar = $("room-bar");
+  keepingBottom(() => {
+    bar.hidden = room.name === null;
+  });
+  if (room.name === null) return;
+  $("room-title").textContent = `#${room.name}`;
+  const topic = rooms.list.find((listed) => listed.name === room.name)?.topic;
+  $("room-topic-shown").textContent = typeof topic === "string" ? topic : "";
+  for (const entry of $("room-list").querySelectorAll("li.room")) {
+    entry.classList.toggle("current", entry.querySelector("button")?.dataset.room === room.name);
+  }
+}
+
+function showMembers() {
+  const members = $("members");
+  members.replaceChildren();
+  for (const person of room.members.values()) {
+    const entry = element("li", "member");
+    entry.dataset.id = person.id;
+    const named = typeof person.name === "string" && person.name.trim() !== "";
+    const picture = named && avatarsPossible() ? avatarImage(person.id) : null;
+    if (picture) entry.append(picture);
+    const label = state.ids.has(person.id) ? `${personLabel(person)} (you)` : personLabel(person);
+    entry.append(element("span", "member-name", label));
+    members.append(entry);
+  }
+  members.dataset.count = String(room.members.size);
+}
+
+$("rooms-toggle").addEventListener("click", () => {
+  const open = $("rooms").hidden;
+  togglePanel("rooms", open);
+  if (open) refreshRooms();
+});
+$("rooms-refresh").addEventListener("click", refreshRooms);
+$("room-create").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const body = { name: $("room-name").value.trim(), topic: $("room-topic").value };
+  attempt($("rooms-error"), async () => {
+    const created = await api("POST", "/api/rooms", body);
+    $("room-name").value = "";
+    $("room-topic").value = "";
+    await refreshRooms();
+    if (isRoom(created)) joinRoom(created.name);
+  });
+});
+
+// "NAME is typing…": {"typing": true} goes out while we type in a room or a pair (the server
+// passes on one per 2 s per person, so sending more is waste); one received shows for 3 s, or
+// until that person's message comes.
+
+const TYPING_SENT_EVERY_MS = 2000;
+const TYPING_SHOWN_MS = 3000;
+const typing = {
+  lastSent: 0,
+  people: new Map(), // id → {person, timer}
+};
+
+function sendTyping() {
+  if (state.channel !== "room" && state.channel !== "random") return;
+  if (!knowsFinishedServer() || input.value.trim() === "") return;
+  const now = Date.now();
+  if (now - typing.lastSent < TYPING_SENT_EVERY_MS) return;
+  if (sendFrame({ typing: true })) typing.lastSent = now;
+}
+
+function receiveTyping(person) {
+  if (!isPerson(person) || state.ids.has(person.id)) return;
+  clearTimeout(typing.people.get(person.id)?.timer);
+  const timer = setTimeout(() => stopTyping(person.id), TYPING_SHOWN_MS);
+  typing.people.set(person.id, { person, timer });
+  showTyping();
+}
+
+function stopTyping(id) {
+  const typist = typing.people.get(id);
+  if (!typist) return;
+  clearTimeout(typist.timer);
+  typing.people.delete(id);
+  showTyping();
+}
+
+function clearTyping() {
+  for (const id of [...typing.people.keys()]) stopTyping(id);
+}
+
+function showTyping() {
+  const names = [...typing.people.values()].map(({ person }) => personLabel(person));
+  const line =
+    names.length === 0
+      ? ""
+      : names.length === 1
+        ? `${names[0]} is typing…`
+        : `${names.slice(0, -1).join(", ")} and ${names.at(-1)} are typing…`;
+  keepingBottom(() => {
+    $("typing").textContent = line;
+  });
+}
+
 // For the browser tests, and for the curious in the developer console.
-window.chatterbox = { parseSchedule, colourFor, state, feed, account };
+window.chatterbox = { parseSchedule, colourFor, sendFrame, state, feed, account, room, rooms, typing };
 
 checkAccounts();
 connect();
