@@ -2,7 +2,8 @@
 //!
 //! The default comparison is lesson05 against the finished server; `--store` compares the
 //! server's SQLite store against `--database memory`, a feed's history on join against none,
-//! and start-up on a large stored feed against a small one. Each configuration names its two
+//! and start-up on a large stored feed against a small one; `--cluster` compares one node
+//! against two on PostgreSQL and Redis (see cluster.rs). Each configuration names its two
 //! columns: which program, on which database, with which `--history`.
 //!
 //! Each run starts a fresh server process (so memory readings start clean), runs one
@@ -17,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use client::RunningServer;
 
+use crate::cluster::{self, Cluster};
 use crate::fanout::{self, Fanout, FanoutReport, Pace};
 use crate::feed::{Prefills, database_arguments, fill, stop_cleanly};
 use crate::idle::{self, Idle, IdleReport};
@@ -52,6 +54,12 @@ pub struct CompareArgs {
     /// against `--database memory`, history on join, and start-up on a large stored feed.
     #[arg(long, conflicts_with_all = ["baseline", "baseline_args"])]
     store: bool,
+    /// Compare one node (SQLite) against two nodes sharing a fresh PostgreSQL database and
+    /// Redis, the clients split evenly over them (see --postgres and --redis).
+    #[arg(long, conflicts_with_all = ["baseline", "baseline_args", "store"])]
+    cluster: bool,
+    #[command(flatten)]
+    services: cluster::Services,
 }
 
 /// The programs under test.
@@ -83,6 +91,8 @@ enum Database {
     /// The SQLite file filled with this many feed messages once per `compare`, before the
     /// runs; every run starts on it and stops cleanly, so the next run finds it as it was.
     Prefilled(u32),
+    /// This many nodes on one fresh PostgreSQL database per run, sharing Redis (`--cluster`).
+    Cluster(usize),
 }
 
 /// One side of a comparison.
@@ -136,13 +146,15 @@ const HISTORY_0: Column = server("--history 0", Database::Fresh, Some(0));
 const HISTORY_50: Column = server("--history 50", Database::Fresh, Some(DEFAULT_HISTORY));
 const STORED_1K: Column = server("1,000 stored", Database::Prefilled(1000), None);
 const STORED_1M: Column = server("1,000,000 stored", Database::Prefilled(1_000_000), None);
+const ONE_NODE: Column = server("one node (SQLite)", Database::Fresh, None);
+const TWO_NODES: Column = server("two nodes (PostgreSQL + Redis)", Database::Cluster(2), None);
 
 const fn server(label: &'static str, database: Database, history: Option<usize>) -> Column {
     Column { label, program: Program::Server, database, history }
 }
 
 #[derive(Clone, Copy)]
-enum Workload {
+pub(crate) enum Workload {
     Fanout {
         clients: usize,
         senders: usize,
@@ -175,6 +187,11 @@ const F3: Workload = Workload::Fanout { clients: 100, senders: 100, messages: 10
 const F1_TEXT: &str = "100 clients, 1 sender, 5,000 messages";
 const F2_TEXT: &str = "1,000 clients, 10 senders, 200 messages each";
 const F3_TEXT: &str = "100 clients, 100 senders, 100 messages each";
+const L1: Workload =
+    Workload::Fanout { clients: 100, senders: 1, messages: 500, rate: Some(100.0) };
+const L1_TEXT: &str = "100 clients, 1 sender at 100 msg/s, 500 messages (unloaded latency)";
+const I1: Workload = Workload::Idle { clients: 5000, prefill: 0 };
+const I1_TEXT: &str = "5,000 idle connections";
 
 const fn configuration(
     name: &'static str,
@@ -190,18 +207,8 @@ const CONFIGURATIONS: &[Configuration] = &[
     configuration("F1", F1_TEXT, F1, [LESSON05, SERVER]),
     configuration("F2", F2_TEXT, F2, [LESSON05, SERVER]),
     configuration("F3", F3_TEXT, F3, [LESSON05, SERVER]),
-    configuration(
-        "I1",
-        "5,000 idle connections",
-        Workload::Idle { clients: 5000, prefill: 0 },
-        [LESSON05, SERVER],
-    ),
-    configuration(
-        "L1",
-        "100 clients, 1 sender at 100 msg/s, 500 messages (unloaded latency)",
-        Workload::Fanout { clients: 100, senders: 1, messages: 500, rate: Some(100.0) },
-        [LESSON05, SERVER],
-    ),
+    configuration("I1", I1_TEXT, I1, [LESSON05, SERVER]),
+    configuration("L1", L1_TEXT, L1, [LESSON05, SERVER]),
     Configuration {
         name: "I2",
         description: "10,000 idle connections, server only",
@@ -233,7 +240,16 @@ const STORE_CONFIGURATIONS: &[Configuration] = &[
     ),
 ];
 
-enum Outcome {
+/// `--cluster`: one node on SQLite against two on PostgreSQL and Redis, clients split evenly.
+const CLUSTER_CONFIGURATIONS: &[Configuration] = &[
+    configuration("F1", F1_TEXT, F1, [ONE_NODE, TWO_NODES]),
+    configuration("F2", F2_TEXT, F2, [ONE_NODE, TWO_NODES]),
+    configuration("F3", F3_TEXT, F3, [ONE_NODE, TWO_NODES]),
+    configuration("L1", L1_TEXT, L1, [ONE_NODE, TWO_NODES]),
+    configuration("I1", I1_TEXT, I1, [ONE_NODE, TWO_NODES]),
+];
+
+pub(crate) enum Outcome {
     Fanout(FanoutReport),
     Idle(IdleReport),
     Start(StartReport),
@@ -300,7 +316,11 @@ fn columns(configuration: &Configuration) -> impl Iterator<Item = (usize, &Colum
 }
 
 pub async fn run(args: CompareArgs) -> Result<()> {
-    let all = if args.store { STORE_CONFIGURATIONS } else { CONFIGURATIONS };
+    let all = match (args.store, args.cluster) {
+        (true, _) => STORE_CONFIGURATIONS,
+        (_, true) => CLUSTER_CONFIGURATIONS,
+        _ => CONFIGURATIONS,
+    };
     let selected: Vec<usize> = all
         .iter()
         .enumerate()
@@ -346,6 +366,10 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     let prefills = Prefills::create(&binaries.path(Program::Server), &server_args, &prefilled)
         .await
         .context("filling the databases for start-up failed")?;
+    let cluster = match args.cluster {
+        true => Some(Cluster::connect(&args.services).await.context("--cluster")?),
+        false => None,
+    };
 
     let mut results = Results { runs: Vec::new() };
     for &index in &selected {
@@ -361,15 +385,19 @@ pub async fn run(args: CompareArgs) -> Result<()> {
                 if let Some(history) = column.history {
                     arguments.extend(["--history".into(), history.to_string()]);
                 }
-                let outcome = run_once(
-                    &binaries.path(column.program),
-                    arguments,
-                    column,
-                    &prefills,
-                    configuration.workload,
-                    Duration::from_secs(args.deadline),
-                )
-                .await;
+                let deadline = Duration::from_secs(args.deadline);
+                let binary = binaries.path(column.program);
+                let outcome = match (column.database, &cluster) {
+                    (Database::Cluster(nodes), Some(cluster)) => cluster
+                        .run_once(&binary, &arguments, nodes, configuration.workload, deadline)
+                        .await
+                        .unwrap_or_else(|error| Outcome::Failed(format!("{error:#}"))),
+                    (Database::Cluster(_), None) => Outcome::Failed("needs --cluster".into()),
+                    _ => {
+                        let workload = configuration.workload;
+                        run_once(&binary, arguments, column, &prefills, workload, deadline).await
+                    }
+                };
                 eprintln!("{}", one_line(&outcome));
                 results.runs.push((index, side, outcome));
             }
@@ -381,11 +409,14 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     if !prefills.made.is_empty() {
         println!("{}", prefills.describe());
     }
+    if let Some(cluster) = &cluster {
+        println!("{}", cluster.describe());
+    }
     println!("{}", tables(all, &results, &selected, args.runs, args.baseline.is_some()));
-    let targets = if args.store {
-        store_targets(all, &results, &selected)
-    } else {
-        targets(all, &results, &selected)
+    let targets = match (args.store, args.cluster) {
+        (true, _) => store_targets(all, &results, &selected),
+        (_, true) => cluster_targets(all, &results, &selected),
+        _ => targets(all, &results, &selected),
     };
     println!("{targets}");
     Ok(())
@@ -395,6 +426,9 @@ fn command_suffix(args: &CompareArgs) -> String {
     let mut suffix = String::new();
     if args.store {
         suffix += " --store";
+    }
+    if args.cluster {
+        suffix += " --cluster";
     }
     if args.runs != 3 {
         suffix += &format!(" --runs {}", args.runs);
@@ -502,41 +536,21 @@ async fn run_once(
             Database::Prefilled(messages) => {
                 arguments.extend(database_arguments(prefills.path(messages)?));
             }
+            Database::Cluster(_) => bail!("a cluster's nodes are started by Cluster::run_once"),
         }
         let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
         let spawned = Instant::now();
         let server = RunningServer::start(binary, &arguments).await?;
         let listening = spawned.elapsed();
         let pid = server.pid().context("the server has already exited")?;
+        let target = || LoadTarget { urls: vec![server.ws_url()], server_pids: vec![pid] };
         let outcome = match workload {
-            Workload::Fanout { clients, senders, messages, rate } => {
-                let config = Fanout {
-                    url: server.ws_url(),
-                    clients,
-                    senders,
-                    messages,
-                    pace: rate.map(Pace::Rate).unwrap_or_else(|| Pace::default_window(senders)),
-                    server_pid: Some(pid),
-                    concurrency: 64,
-                    deadline,
-                    stall: Duration::from_secs(10),
-                };
-                Outcome::Fanout(fanout::run(&config).await?)
-            }
-            Workload::Idle { clients, prefill } => {
+            Workload::Fanout { .. } => load(workload, target(), 0, deadline).await?,
+            Workload::Idle { prefill, .. } => {
                 if prefill > 0 {
                     fill(&server, prefill, deadline).await?;
                 }
-                let config = Idle {
-                    url: server.ws_url(),
-                    clients,
-                    server_pid: Some(pid),
-                    concurrency: 64,
-                    history: column.history_on_join(prefill),
-                    hold: Duration::from_secs(1),
-                    deadline,
-                };
-                Outcome::Idle(idle::run(&config).await?)
+                load(workload, target(), column.history_on_join(prefill), deadline).await?
             }
             Workload::Start { joins } => {
                 let join = Join {
@@ -559,6 +573,53 @@ async fn run_once(
         anyhow::Ok(outcome)
     };
     result.await.unwrap_or_else(|error| Outcome::Failed(format!("{error:#}")))
+}
+
+/// Where one run's load goes: the servers' URLs (connections go to each in turn) and the
+/// processes to measure.
+pub(crate) struct LoadTarget {
+    pub urls: Vec<String>,
+    /// Summed as the server's CPU time and memory.
+    pub server_pids: Vec<u32>,
+}
+
+/// Runs a fan-out or idle workload against servers already started; each connection of an
+/// idle workload is to receive `history` history frames.
+pub(crate) async fn load(
+    workload: Workload,
+    target: LoadTarget,
+    history: usize,
+    deadline: Duration,
+) -> Result<Outcome> {
+    Ok(match workload {
+        Workload::Fanout { clients, senders, messages, rate } => {
+            let config = Fanout {
+                urls: target.urls,
+                clients,
+                senders,
+                messages,
+                pace: rate.map(Pace::Rate).unwrap_or_else(|| Pace::default_window(senders)),
+                server_pids: target.server_pids,
+                concurrency: 64,
+                deadline,
+                stall: Duration::from_secs(10),
+            };
+            Outcome::Fanout(fanout::run(&config).await?)
+        }
+        Workload::Idle { clients, .. } => {
+            let config = Idle {
+                urls: target.urls,
+                clients,
+                server_pids: target.server_pids,
+                concurrency: 64,
+                history,
+                hold: Duration::from_secs(1),
+                deadline,
+            };
+            Outcome::Idle(idle::run(&config).await?)
+        }
+        Workload::Start { .. } => bail!("start-up is measured on one server started for it"),
+    })
 }
 
 fn one_line(outcome: &Outcome) -> String {
@@ -743,11 +804,18 @@ fn tables(
             header = Some(labels);
         }
         let rows = match configuration.workload {
-            Workload::Fanout { rate, .. } => rows(
-                configuration,
-                [results.fanouts(index, 0), results.fanouts(index, 1)],
-                &fanout_metrics(rate.is_some()),
-            ),
+            Workload::Fanout { rate, .. } => {
+                let mut metrics = fanout_metrics(rate.is_some());
+                if configuration.columns.iter().any(|c| matches!(c.database, Database::Cluster(_)))
+                {
+                    metrics.extend(cluster_fanout_metrics());
+                }
+                rows(
+                    configuration,
+                    [results.fanouts(index, 0), results.fanouts(index, 1)],
+                    &metrics,
+                )
+            }
             Workload::Idle { prefill, .. } => rows(
                 configuration,
                 [results.idles(index, 0), results.idles(index, 1)],
@@ -1013,6 +1081,64 @@ fn store_targets(all: &[Configuration], results: &Results, selected: &[usize]) -
     }
     targets.no_faults(all, results, selected);
     targets.finish()
+}
+
+/// Issue 10's targets: two nodes (PostgreSQL + Redis) against one (SQLite), in the same run.
+fn cluster_targets(all: &[Configuration], results: &Results, selected: &[usize]) -> String {
+    let index_of = |name: &str| index_of(all, selected, name);
+    let mut targets = Targets::new();
+    if let Some(index) = index_of("F2") {
+        targets.check(
+            "F2: CPU/delivery of both nodes + redis-server <= 1.5x one node's".into(),
+            ratio(cpu(results, index, 0), cpu(results, index, 1)),
+            "x",
+            |r| r <= 1.5,
+        );
+    }
+    if let Some(index) = index_of("L1") {
+        // The sender is on the first node: what the other node's clients receive crossed.
+        let runs = results.fanouts(index, 1);
+        let crossed = |percentile: fn(&fanout::Latency) -> f64| {
+            median(runs.iter().map(|r| crossed_ms(r, percentile)).collect())
+        };
+        targets.check(
+            "L1: two nodes, delivery from the other node p50 < 3 ms".into(),
+            crossed(|l| l.p50),
+            " ms",
+            |v| v < 3.0,
+        );
+        targets.check(
+            "L1: two nodes, delivery from the other node p99 < 10 ms".into(),
+            crossed(|l| l.p99),
+            " ms",
+            |v| v < 10.0,
+        );
+    }
+    targets.no_faults(all, results, selected);
+    targets.finish()
+}
+
+/// A percentile of the latency of deliveries from a sender on another node, in milliseconds;
+/// NaN (no value) for a run on one node.
+fn crossed_ms(report: &FanoutReport, percentile: fn(&fanout::Latency) -> f64) -> f64 {
+    report.cross_url_latency_us.as_ref().map_or(f64::NAN, percentile) / 1e3
+}
+
+/// Rows only the two-node column fills: latency of what crossed nodes, and PostgreSQL's CPU.
+fn cluster_fanout_metrics() -> Vec<Metric<FanoutReport>> {
+    vec![
+        Metric::median("latency p50 from the other node (ms)", 2, |r: &FanoutReport| {
+            crossed_ms(r, |l| l.p50)
+        }),
+        Metric::median("latency p99 from the other node (ms)", 2, |r: &FanoutReport| {
+            crossed_ms(r, |l| l.p99)
+        }),
+        Metric::median(
+            "PostgreSQL backends' CPU per delivery (us), whole run, not in the server's",
+            3,
+            |r: &FanoutReport| r.database_cpu_us_per_delivery.unwrap_or(f64::NAN),
+        ),
+    ]
 }
 
 /// Date, CPU, memory and kernel, for the record next to the numbers.

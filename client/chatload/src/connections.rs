@@ -22,6 +22,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// frames are ~150 bytes, so 8 KiB still holds dozens of them per read.
 const READ_BUFFER: usize = 8 * 1024;
 
+/// [`require_loopback`] for each URL.
+pub async fn require_all_loopback(urls: &[String]) -> Result<()> {
+    if urls.is_empty() {
+        bail!("no --url given");
+    }
+    for url in urls {
+        require_loopback(url).await?;
+    }
+    Ok(())
+}
+
 /// The benchmark floods whatever it points at, so it only points at this machine: the host
 /// must be a loopback address (127.0.0.0/8, ::1) or `localhost` resolving only to those.
 pub async fn require_loopback(url: &str) -> Result<()> {
@@ -58,20 +69,29 @@ pub fn raise_open_file_limit() -> Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit failed")
 }
 
-/// Opens `count` connections to `url`, at most `concurrency` handshakes at a time, and waits
-/// for each to receive its `{"id":..}` frame (from then on the server broadcasts to it).
-/// Returns the sockets in a stable order and the time it took.
+/// Which of several URLs connection `index` goes to: each in turn (round-robin), so that the
+/// connections split evenly and so do the senders, which are the first connections.
+pub fn url_index(index: usize, urls: usize) -> usize {
+    index % urls.max(1)
+}
+
+/// Opens `count` connections, to `urls` in turn (see [`url_index`]), at most `concurrency`
+/// handshakes at a time, and waits for each to receive its `{"id":..}` frame (from then on the
+/// server broadcasts to it). Returns the sockets in a stable order and the time it took.
 pub async fn open(
-    url: &str,
+    urls: &[String],
     count: usize,
     concurrency: usize,
     deadline: Instant,
 ) -> Result<(Vec<Socket>, Duration)> {
+    if urls.is_empty() {
+        bail!("no URL to connect to");
+    }
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     for index in 0..count {
-        let (url, permits) = (url.to_owned(), permits.clone());
+        let (url, permits) = (urls[url_index(index, urls.len())].clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             (index, connect_one(&url).await)

@@ -18,6 +18,11 @@
 //! message has been delivered to everyone for `stall` (a server that drops messages would
 //! otherwise hold a windowed sender until the deadline). What has not arrived by then is lost;
 //! a second copy of a (sender, seq) is a duplicate, whenever it arrives before the end.
+//!
+//! Several URLs (the nodes of a cluster): connection `i` goes to URL `i mod U`, senders
+//! included, and the report adds what each URL's connections received, and the latency of the
+//! deliveries that crossed from one URL to another. Server CPU and memory are summed over every
+//! process given.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -34,7 +39,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::connections;
-use crate::process_stats::{CpuTime, Memory, RssSampler};
+use crate::process_stats::{CpuTime, Memory, RssSampler, check_readable, read_if_any};
 
 const TOKEN_PREFIX: &str = "chatload:";
 
@@ -44,12 +49,14 @@ const MAX_DELIVERIES: u64 = 100_000_000;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Fanout {
-    pub url: String,
+    /// Connections go to these in turn.
+    pub urls: Vec<String>,
     pub clients: usize,
     pub senders: usize,
     pub messages: u32,
     pub pace: Pace,
-    pub server_pid: Option<u32>,
+    /// The server's processes, whose CPU time and memory are summed.
+    pub server_pids: Vec<u32>,
     pub concurrency: usize,
     pub deadline: Duration,
     /// Stop once no message has been delivered to every receiver for this long.
@@ -101,6 +108,31 @@ pub struct FanoutReport {
     pub deliveries_per_second: f64,
     pub latency_us: Latency,
     pub server: Option<ServerUsage>,
+    /// With several URLs, what each one's connections received; empty with one URL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<UrlShare>,
+    /// With several URLs, the latency of deliveries whose receiver is on another URL than the
+    /// sender (with one sender at the first URL: every delivery to the other URLs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_url_latency_us: Option<Latency>,
+    /// Set by `compare --cluster`: the CPU time of the PostgreSQL backends serving the run's
+    /// database, over the whole run (connections and messages), per delivery; not part of
+    /// `server`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_cpu_us_per_delivery: Option<f64>,
+}
+
+/// The connections of one URL, and what they received.
+#[derive(Debug, Clone, Serialize)]
+pub struct UrlShare {
+    pub url: String,
+    pub clients: usize,
+    pub senders: usize,
+    pub expected_deliveries: u64,
+    /// First copies received by this URL's connections.
+    pub deliveries: u64,
+    pub lost: u64,
+    pub receivers_failed: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -122,6 +154,13 @@ pub struct ServerUsage {
     pub peak_rss_kib: u64,
     /// The largest VmRSS seen by sampling every 100 ms, in KiB.
     pub sampled_peak_rss_kib: u64,
+    /// How many processes the figures above are summed over, when more than one.
+    #[serde(skip_serializing_if = "is_one")]
+    pub processes: usize,
+}
+
+fn is_one(count: &usize) -> bool {
+    *count == 1
 }
 
 /// State every task of a run shares.
@@ -129,6 +168,8 @@ struct Shared {
     start: Instant,
     senders: usize,
     messages: u32,
+    /// How many URLs the connections are spread over.
+    urls: usize,
     /// Per (sender, seq): how many receivers have yet to get it.
     pending: Vec<AtomicU32>,
     /// Per sender: how many of its messages every receiver has got (or, for a receiver whose
@@ -178,27 +219,28 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
     if expected > MAX_DELIVERIES {
         bail!("{expected} deliveries is more than one run records (at most {MAX_DELIVERIES})");
     }
-    connections::require_loopback(&config.url).await?;
+    connections::require_all_loopback(&config.urls).await?;
     connections::raise_open_file_limit()?;
-    if let Some(pid) = config.server_pid {
-        crate::process_stats::check_readable(pid)?;
-    }
+    let pids = &config.server_pids;
+    check_readable(pids)?;
 
     let start = Instant::now();
     let deadline = start + config.deadline;
-    let sampler = config.server_pid.map(|pid| RssSampler::start(pid, Duration::from_millis(100)));
-    let cpu_before_connect = config.server_pid.map(CpuTime::read).transpose()?;
+    let sampler =
+        (!pids.is_empty()).then(|| RssSampler::start(pids.clone(), Duration::from_millis(100)));
+    let cpu_before_connect = read_if_any(pids, CpuTime::read_all)?;
 
     let (sockets, connect_time) =
-        connections::open(&config.url, config.clients, config.concurrency, deadline).await?;
+        connections::open(&config.urls, config.clients, config.concurrency, deadline).await?;
 
-    let cpu_before_send = config.server_pid.map(CpuTime::read).transpose()?;
+    let cpu_before_send = read_if_any(pids, CpuTime::read_all)?;
     let total_messages = config.senders * config.messages as usize;
     let receivers_per_message = u32::try_from(config.clients - 1)?;
     let shared = Arc::new(Shared {
         start,
         senders: config.senders,
         messages: config.messages,
+        urls: config.urls.len(),
         pending: (0..total_messages).map(|_| AtomicU32::new(receivers_per_message)).collect(),
         delivered: (0..config.senders).map(|_| AtomicU32::new(0)).collect(),
         wakeups: (0..config.senders).map(|_| Notify::new()).collect(),
@@ -232,15 +274,22 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
 
     let mut stats = ReceiverStats::default();
     let mut latencies: Vec<u64> = Vec::new();
+    let mut cross_url_latencies: Vec<u64> = Vec::new();
     let mut receivers_failed = 0;
-    for receiver in receivers {
+    let mut shares = url_shares(config);
+    for (index, receiver) in receivers.into_iter().enumerate() {
         let mut received = receiver.await?;
         receivers_failed += u64::from(received.failed);
+        if let Some(share) = shares.get_mut(connections::url_index(index, config.urls.len())) {
+            share.deliveries += received.unique;
+            share.receivers_failed += u64::from(received.failed);
+        }
         latencies.append(&mut received.latencies_ns);
+        cross_url_latencies.append(&mut received.cross_url_latencies_ns);
         stats.merge(&received);
     }
-    let cpu_after = config.server_pid.map(CpuTime::read).transpose()?;
-    let memory = config.server_pid.map(Memory::read).transpose()?;
+    let cpu_after = read_if_any(pids, CpuTime::read_all)?;
+    let memory = read_if_any(pids, Memory::read_all)?;
     let sampled_peak = match sampler {
         Some(sampler) => Some(sampler.finish().await),
         None => None,
@@ -259,6 +308,7 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
                 cpu_us_per_delivery: cpu_seconds * 1e6 / stats.unique.max(1) as f64,
                 peak_rss_kib: memory.peak_kib,
                 sampled_peak_rss_kib: sampled_peak.unwrap_or(0),
+                processes: pids.len(),
             })
         }
         _ => None,
@@ -285,9 +335,54 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
         } else {
             0.0
         },
-        latency_us: latency_summary(&mut latencies),
+        // Every delivery, whichever URL it crossed to: both kinds were kept apart until now.
+        latency_us: {
+            latencies.extend_from_slice(&cross_url_latencies);
+            latency_summary(&mut latencies)
+        },
         server,
+        cross_url_latency_us: (config.urls.len() > 1)
+            .then(|| latency_summary(&mut cross_url_latencies)),
+        database_cpu_us_per_delivery: None,
+        urls: shares
+            .into_iter()
+            .map(|share| UrlShare {
+                lost: share.expected_deliveries.saturating_sub(share.deliveries),
+                ..share
+            })
+            .collect(),
     })
+}
+
+/// With several URLs, each one's connections and what they are to receive (nothing received
+/// yet); empty with one URL, whose report is the whole run's.
+fn url_shares(config: &Fanout) -> Vec<UrlShare> {
+    if config.urls.len() < 2 {
+        return Vec::new();
+    }
+    let mut shares: Vec<UrlShare> = config
+        .urls
+        .iter()
+        .map(|url| UrlShare {
+            url: url.clone(),
+            clients: 0,
+            senders: 0,
+            expected_deliveries: 0,
+            deliveries: 0,
+            lost: 0,
+            receivers_failed: 0,
+        })
+        .collect();
+    let messages = u64::from(config.messages);
+    for index in 0..config.clients {
+        let share = &mut shares[connections::url_index(index, config.urls.len())];
+        let is_sender = index < config.senders;
+        share.clients += 1;
+        share.senders += usize::from(is_sender);
+        // Every other sender's messages.
+        share.expected_deliveries += (config.senders - usize::from(is_sender)) as u64 * messages;
+    }
+    shares
 }
 
 /// How a run ended.
@@ -393,7 +488,10 @@ struct ReceiverStats {
     unexpected: u64,
     failed: bool,
     last_delivery_ns: u64,
+    /// Deliveries from a sender on this receiver's URL (with one URL: all of them).
     latencies_ns: Vec<u64>,
+    /// Deliveries from a sender on another URL.
+    cross_url_latencies_ns: Vec<u64>,
 }
 
 impl ReceiverStats {
@@ -465,6 +563,7 @@ async fn read_tokens(
     let mut seen = vec![0u64; (shared.senders * messages).div_ceil(64)];
     let mut next_seq = vec![0u32; shared.senders];
     let mut ended = vec![false; shared.senders];
+    let my_url = connections::url_index(me, shared.urls);
     while ends_to_see > 0 || !expects {
         let message = tokio::select! {
             biased;
@@ -502,7 +601,12 @@ async fn read_tokens(
                 seen[word] |= mask;
                 stats.unique += 1;
                 stats.last_delivery_ns = now;
-                stats.latencies_ns.push(now.saturating_sub(sent_ns));
+                let latency = now.saturating_sub(sent_ns);
+                if connections::url_index(sender, shared.urls) == my_url {
+                    stats.latencies_ns.push(latency);
+                } else {
+                    stats.cross_url_latencies_ns.push(latency);
+                }
                 if seq < next_seq[sender] {
                     stats.out_of_order += 1;
                 } else {
@@ -591,10 +695,33 @@ impl FanoutReport {
             self.latency_us.p99,
             self.latency_us.max,
         );
-        if let Some(server) = &self.server {
+        if let Some(cross) = &self.cross_url_latency_us {
             text += &format!(
-                "\nserver: {:.3} us CPU per delivery ({:.3} s while sending, {:.3} s while \
-                 connecting); peak RSS {:.1} MiB (sampled {:.1} MiB)",
+                "\nlatency from a sender on another URL: p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, \
+                 max {:.0} us",
+                cross.p50, cross.p90, cross.p99, cross.max
+            );
+        }
+        for share in &self.urls {
+            text += &format!(
+                "\n{}: {} clients ({} senders), deliveries {} of {} (lost {}, failed receivers {})",
+                share.url,
+                share.clients,
+                share.senders,
+                share.deliveries,
+                share.expected_deliveries,
+                share.lost,
+                share.receivers_failed,
+            );
+        }
+        if let Some(server) = &self.server {
+            let processes = match server.processes {
+                1 => String::new(),
+                count => format!(" ({count} processes summed)"),
+            };
+            text += &format!(
+                "\nserver{processes}: {:.3} us CPU per delivery ({:.3} s while sending, {:.3} s \
+                 while connecting); peak RSS {:.1} MiB (sampled {:.1} MiB)",
                 server.cpu_us_per_delivery,
                 server.cpu_seconds,
                 server.connect_cpu_seconds,

@@ -44,13 +44,13 @@ pub async fn fill(server: &RunningServer, messages: u32, deadline: Duration) -> 
     while left > 0 {
         let chunk = left.min(FILL_CHUNK);
         let config = Fanout {
-            url: server.ws_url(),
+            urls: vec![server.ws_url()],
             clients: 2,
             senders: 1,
             // The sender's end marker is a message of the feed too.
             messages: chunk - 1,
             pace: Pace::Window(512),
-            server_pid: Some(pid),
+            server_pids: vec![pid],
             concurrency: 2,
             deadline: end.saturating_duration_since(Instant::now()),
             stall: Duration::from_secs(10),

@@ -1,5 +1,7 @@
 //! `chatload idle`: hold N quiet connections and see what they cost the server in memory, and
 //! in CPU time while they connect (with the history the finished server sends each newcomer).
+//! With several URLs the connections go to each in turn, and memory and CPU time are summed
+//! over every server process given.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,13 +15,15 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::connections;
-use crate::process_stats::{self, CpuTime, Memory};
+use crate::process_stats::{self, CpuTime, Memory, read_if_any};
 
 #[derive(Debug, Clone)]
 pub struct Idle {
-    pub url: String,
+    /// Connections go to these in turn.
+    pub urls: Vec<String>,
     pub clients: usize,
-    pub server_pid: Option<u32>,
+    /// The server's processes, whose memory and CPU time are summed.
+    pub server_pids: Vec<u32>,
     pub concurrency: usize,
     /// History frames (`"history": true`) each connection is to receive after its id; the
     /// connections count as open once all have them.
@@ -44,6 +48,18 @@ pub struct IdleReport {
     /// Connections that received fewer than `history_expected` history frames.
     pub short_of_history: u64,
     pub server: Option<IdleServerUsage>,
+    /// With several URLs, each one's connections; empty with one URL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<IdleUrlShare>,
+}
+
+/// The connections of one URL.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleUrlShare {
+    pub url: String,
+    pub clients: usize,
+    pub dropped: u64,
+    pub short_of_history: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -60,17 +76,16 @@ pub struct IdleServerUsage {
 }
 
 pub async fn run(config: &Idle) -> Result<IdleReport> {
-    connections::require_loopback(&config.url).await?;
+    connections::require_all_loopback(&config.urls).await?;
     connections::raise_open_file_limit()?;
-    if let Some(pid) = config.server_pid {
-        process_stats::check_readable(pid)?;
-    }
+    let pids = &config.server_pids;
+    process_stats::check_readable(pids)?;
     let started = Instant::now();
     let deadline = started + config.deadline;
-    let before = config.server_pid.map(Memory::read).transpose()?;
-    let cpu_before = config.server_pid.map(CpuTime::read).transpose()?;
+    let before = read_if_any(pids, Memory::read_all)?;
+    let cpu_before = read_if_any(pids, CpuTime::read_all)?;
     let (sockets, _) =
-        connections::open(&config.url, config.clients, config.concurrency, deadline).await?;
+        connections::open(&config.urls, config.clients, config.concurrency, deadline).await?;
 
     // Each connection is read by a small task, which counts its history frames, notices a
     // connection the server drops, and lets pings be answered, while all are held. A task
@@ -98,6 +113,7 @@ pub async fn run(config: &Idle) -> Result<IdleReport> {
             if !told {
                 complete.add_permits(1);
             }
+            index
         });
     }
     // A connection short of its history at the deadline is reported, not waited for longer.
@@ -107,19 +123,22 @@ pub async fn run(config: &Idle) -> Result<IdleReport> {
         permits?.forget();
     }
     let connect_time = started.elapsed();
-    let cpu_after = config.server_pid.map(CpuTime::read).transpose()?;
+    let cpu_after = read_if_any(pids, CpuTime::read_all)?;
 
     // Holding is the point of this mode: the wait is the measurement, not a synchronisation.
     let hold_until = (Instant::now() + config.hold).min(deadline);
     tokio::time::sleep_until(tokio::time::Instant::from_std(hold_until)).await;
 
-    let after = config.server_pid.map(Memory::read).transpose()?;
-    let mut dropped = 0;
-    while readers.try_join_next().is_some() {
-        dropped += 1;
+    let after = read_if_any(pids, Memory::read_all)?;
+    // A reader that has finished is a connection that ended.
+    let mut ended = Vec::new();
+    while let Some(finished) = readers.try_join_next() {
+        ended.push(finished?);
     }
+    let dropped = ended.len() as u64;
     readers.abort_all();
     let received: Vec<usize> = counts.iter().map(|count| count.load(Ordering::Relaxed)).collect();
+    let urls = idle_url_shares(config, &ended, &received);
 
     let server = match (before, after, cpu_before, cpu_after) {
         (Some(before), Some(after), Some(cpu_before), Some(cpu_after)) => Some(IdleServerUsage {
@@ -141,7 +160,31 @@ pub async fn run(config: &Idle) -> Result<IdleReport> {
         history_min: received.iter().copied().min().unwrap_or(0),
         short_of_history: received.iter().filter(|&&count| count < config.history).count() as u64,
         server,
+        urls,
     })
+}
+
+/// With several URLs, each one's connections, those of them that `ended`, and those that
+/// `received` fewer history frames than expected; empty with one URL.
+fn idle_url_shares(config: &Idle, ended: &[usize], received: &[usize]) -> Vec<IdleUrlShare> {
+    if config.urls.len() < 2 {
+        return Vec::new();
+    }
+    let mut shares: Vec<IdleUrlShare> = config
+        .urls
+        .iter()
+        .map(|url| IdleUrlShare { url: url.clone(), clients: 0, dropped: 0, short_of_history: 0 })
+        .collect();
+    let share_of = |index: usize| connections::url_index(index, config.urls.len());
+    for (index, &count) in received.iter().enumerate() {
+        let share = &mut shares[share_of(index)];
+        share.clients += 1;
+        share.short_of_history += u64::from(count < config.history);
+    }
+    for &index in ended {
+        shares[share_of(index)].dropped += 1;
+    }
+    shares
 }
 
 impl IdleReport {
@@ -154,6 +197,12 @@ impl IdleReport {
             text += &format!(
                 "\nhistory: {} frames expected per connection, fewest received {}, {} short",
                 self.history_expected, self.history_min, self.short_of_history
+            );
+        }
+        for share in &self.urls {
+            text += &format!(
+                "\n{}: {} connections, {} dropped, {} short of history",
+                share.url, share.clients, share.dropped, share.short_of_history
             );
         }
         if let Some(server) = &self.server {

@@ -3,14 +3,18 @@
 //! - `chatload fanout --url ws://127.0.0.1:PORT/ --clients N --senders S --messages M`: S of N
 //!   connections send M messages each; every other connection must get each exactly once.
 //! - `chatload idle --url ... --clients N --server-pid PID`: server memory per idle connection.
+//! - Both take `--url` several times (the nodes of a cluster: connections go to each in turn)
+//!   and `--server-pid` several times (CPU time and memory summed over those processes).
 //! - `chatload compare`: builds `lesson05` and `server` in release mode and runs the standard
 //!   configurations against both, printing a markdown table (see docs/PERFORMANCE.md);
-//!   `chatload compare --store`: the server's SQLite store against `--database memory`.
+//!   `chatload compare --store`: the server's SQLite store against `--database memory`;
+//!   `chatload compare --cluster`: one node against two on PostgreSQL and Redis.
 //! - `chatload rooms`: issue 9's targets: `GET /api/rooms` with 10,000 rooms, and presence
 //!   frames in a room of 1,000 members joining and leaving (counted, not timed).
 //!
 //! It only ever targets loopback addresses, and every run ends by itself within `--deadline`.
 
+mod cluster;
 mod compare;
 mod connections;
 mod fanout;
@@ -51,15 +55,17 @@ enum Command {
 
 #[derive(Args)]
 struct Target {
-    /// The server's WebSocket URL; its host must be a loopback address.
-    #[arg(long)]
-    url: String,
+    /// The server's WebSocket URL; its host must be a loopback address. Give it several times
+    /// (the nodes of a cluster) and the connections go to each in turn, senders included.
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// How many connections to open.
     #[arg(long, default_value_t = 100)]
     clients: usize,
-    /// The server's process id, to read its CPU time and memory from /proc.
+    /// The server's process id, to read its CPU time and memory from /proc. Give it several
+    /// times (every node, redis-server) and they are summed.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// At most this many handshakes at a time.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -120,12 +126,12 @@ fn main() -> Result<()> {
                     (None, None) => Pace::default_window(args.senders),
                 };
                 let config = Fanout {
-                    url: args.target.url,
+                    urls: args.target.url,
                     clients: args.target.clients,
                     senders: args.senders,
                     messages: args.messages,
                     pace,
-                    server_pid: args.target.server_pid,
+                    server_pids: args.target.server_pid,
                     concurrency: args.target.concurrency,
                     deadline: Duration::from_secs(args.target.deadline),
                     stall: seconds(args.stall),
@@ -143,9 +149,9 @@ fn main() -> Result<()> {
             }
             Command::Idle(args) => {
                 let config = Idle {
-                    url: args.target.url,
+                    urls: args.target.url,
                     clients: args.target.clients,
-                    server_pid: args.target.server_pid,
+                    server_pids: args.target.server_pid,
                     concurrency: args.target.concurrency,
                     history: args.history,
                     hold: seconds(args.hold),

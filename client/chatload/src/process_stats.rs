@@ -1,7 +1,8 @@
 //! What the server process costs, read from Linux's `/proc`: CPU time and resident memory.
 //!
 //! The benchmark measures the server from outside, so it works the same for every binary
-//! (lesson05, the finished server, anything else) without instrumenting it.
+//! (lesson05, the finished server, anything else) without instrumenting it. A cluster is
+//! several processes (every node, plus redis-server): the `*_all` readings sum over them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,19 @@ pub struct CpuTime {
 impl CpuTime {
     pub fn read(pid: u32) -> Result<CpuTime> {
         Ok(CpuTime { stat_seconds: stat_cpu_seconds(pid)?, schedstat_seconds: schedstat(pid) })
+    }
+
+    /// The sum over `pids`: a cluster's nodes and its broker, counted as one server. schedstat
+    /// only if every process has it, so that the sum is one kind of reading.
+    pub fn read_all(pids: &[u32]) -> Result<CpuTime> {
+        let mut total = CpuTime { stat_seconds: 0.0, schedstat_seconds: Some(0.0) };
+        for &pid in pids {
+            let one = CpuTime::read(pid)?;
+            total.stat_seconds += one.stat_seconds;
+            total.schedstat_seconds =
+                total.schedstat_seconds.zip(one.schedstat_seconds).map(|(sum, one)| sum + one);
+        }
+        Ok(total)
     }
 
     /// CPU seconds from `earlier` to `self`: schedstat when both readings have it, else stat.
@@ -113,10 +127,29 @@ impl Memory {
         };
         Ok(Memory { rss_kib: field("VmRSS:")?, peak_kib: field("VmHWM:")? })
     }
+
+    /// The sum over `pids`. Each process peaks at its own moment, so the summed peak is an
+    /// upper bound of the processes' peak together.
+    pub fn read_all(pids: &[u32]) -> Result<Memory> {
+        let mut total = Memory { rss_kib: 0, peak_kib: 0 };
+        for &pid in pids {
+            let one = Memory::read(pid)?;
+            total.rss_kib += one.rss_kib;
+            total.peak_kib += one.peak_kib;
+        }
+        Ok(total)
+    }
 }
 
-/// Reads the server's resident memory every `period` in a background task and keeps the
-/// largest value, as a second opinion next to the kernel's own high-water mark.
+/// `read` of every process in `pids`, summed; `None` when no process is given (nothing to
+/// measure), so that a run without `--server-pid` reports no server usage.
+pub fn read_if_any<T>(pids: &[u32], read: fn(&[u32]) -> Result<T>) -> Result<Option<T>> {
+    if pids.is_empty() { Ok(None) } else { read(pids).map(Some) }
+}
+
+/// Reads the server's resident memory (summed over its processes) every `period` in a
+/// background task and keeps the largest value, as a second opinion next to the kernel's own
+/// high-water mark.
 pub struct RssSampler {
     peak_kib: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -124,7 +157,7 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    pub fn start(pid: u32, period: Duration) -> RssSampler {
+    pub fn start(pids: Vec<u32>, period: Duration) -> RssSampler {
         let peak_kib = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
@@ -133,9 +166,9 @@ impl RssSampler {
                 let mut ticks = tokio::time::interval(period);
                 while !stop.load(Ordering::Relaxed) {
                     ticks.tick().await;
-                    match Memory::read(pid) {
+                    match Memory::read_all(&pids) {
                         Ok(memory) => peak_kib.fetch_max(memory.rss_kib, Ordering::Relaxed),
-                        Err(_) => break, // the process is gone
+                        Err(_) => break, // a process is gone
                     };
                 }
             }
@@ -151,7 +184,10 @@ impl RssSampler {
     }
 }
 
-/// Checks up front that `pid` names a process we can read, so that a typo fails at once.
-pub fn check_readable(pid: u32) -> Result<()> {
-    Memory::read(pid).map(drop).with_context(|| format!("server process {pid} is not readable"))
+/// Checks up front that every pid names a process we can read, so that a typo fails at once.
+pub fn check_readable(pids: &[u32]) -> Result<()> {
+    for &pid in pids {
+        Memory::read(pid).with_context(|| format!("server process {pid} is not readable"))?;
+    }
+    Ok(())
 }

@@ -10,7 +10,9 @@
 //!
 //! Without `--url` it builds the server in release mode and starts it with the limits these
 //! loads need raised (rooms per account, sign-ups and logins per address, connections per
-//! address, message and frame rates); with `--url` it loads a server started so by hand.
+//! address, message and frame rates); with `--url` it loads a server started so by hand. With
+//! `--url` given several times (the nodes of a cluster), sign-ups, room creations, GETs and
+//! members go to each in turn.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// `POST /api/rooms` requests in flight at once while the rooms are created.
 const CREATING_AT_ONCE: usize = 16;
 
+/// With several URLs (nodes), how long P1 waits after the last leave for presence frames that
+/// crossed from another node: far more than a hop through a broker on loopback takes.
+const CROSS_NODE_SETTLE: Duration = Duration::from_secs(1);
+
 /// The name of P1's room.
 const PRESENCE_ROOM: &str = "presence";
 
@@ -48,9 +54,9 @@ const PRESENCE_ROOM: &str = "presence";
 pub struct RoomsArgs {
     /// The finished server's WebSocket URL (loopback only), started with the limits raised as
     /// `chatload rooms` would (see docs/PERFORMANCE.md); without it, chatload builds and starts
-    /// target/release/server itself.
+    /// target/release/server itself. Several times: the nodes of a cluster, used in turn.
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
     /// Use target/release/server as it is, without running cargo build.
     #[arg(long)]
     no_build: bool,
@@ -200,51 +206,49 @@ pub async fn run(args: &RoomsArgs) -> Result<RoomsReport> {
     if limit < args.members as u64 * 2 + 100 {
         eprintln!("warning: the open-file limit is {limit}; {} members may not fit", args.members);
     }
-    let binary = match &args.url {
-        Some(url) => {
-            connections::require_loopback(url).await?;
-            None
-        }
-        None => {
-            let binaries = binaries(!args.no_build, None, &[Program::Server])?;
-            Some(binaries.path(Program::Server))
-        }
+    let binary = if args.url.is_empty() {
+        let binaries = binaries(!args.no_build, None, &[Program::Server])?;
+        Some(binaries.path(Program::Server))
+    } else {
+        connections::require_all_loopback(&args.url).await?;
+        None
     };
     let mut report = RoomsReport::default();
     if args.runs("R1") {
-        let list = on_a_server(args, binary.as_ref(), |url| list_rooms(url, args));
+        let list = on_a_server(args, binary.as_ref(), |urls| list_rooms(urls, args));
         report.list = Some(timeout(deadline, list).await.context("R1 ran past --deadline")??);
     }
     if args.runs("P1") {
-        let presence = on_a_server(args, binary.as_ref(), |url| presence(url, args.members));
+        let presence = on_a_server(args, binary.as_ref(), |urls| presence(urls, args.members));
         report.presence =
             Some(timeout(deadline, presence).await.context("P1 ran past --deadline")??);
     }
     if report.list.is_none() && report.presence.is_none() {
         bail!("--only matches none of R1,P1");
     }
-    if args.url.is_none() {
+    if args.url.is_empty() {
         println!("{}", machine_description());
     }
     Ok(report)
 }
 
-/// Runs `check` against `--url`, or against a fresh server of its own started from `binary`.
+/// Runs `check` against the `--url`s, or against a fresh server of its own started from
+/// `binary`.
 async fn on_a_server<T, F>(
     args: &RoomsArgs,
     binary: Option<&PathBuf>,
-    check: impl FnOnce(String) -> F,
+    check: impl FnOnce(Vec<String>) -> F,
 ) -> Result<T>
 where
     F: Future<Output = Result<T>>,
 {
     let Some(binary) = binary else {
-        return check(args.url.clone().context("no --url")?).await;
+        return check(args.url.clone()).await;
     };
     let arguments = args.server_arguments();
     let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
     let server = RunningServer::start(binary, &arguments).await?;
-    let outcome = check(server.ws_url()).await;
+    let outcome = check(vec![server.ws_url()]).await;
     server.stop().await?;
     outcome
 }
@@ -284,18 +288,21 @@ fn unique(prefix: &str, index: usize) -> String {
     format!("{prefix}{stamp}-{index}")
 }
 
-/// R1: creates `--rooms` rooms from `--accounts` accounts, then times `--gets` GETs of the list.
-async fn list_rooms(url: String, args: &RoomsArgs) -> Result<ListReport> {
-    let authority = authority(&url)?;
+/// R1: creates `--rooms` rooms from `--accounts` accounts, then times `--gets` GETs of the list;
+/// with several URLs, each sign-up, creation and GET goes to the next one in turn (a session
+/// made on one node is good on every node).
+async fn list_rooms(urls: Vec<String>, args: &RoomsArgs) -> Result<ListReport> {
+    let authorities = urls.iter().map(|url| authority(url)).collect::<Result<Vec<_>>>()?;
+    let authority = |index: usize| &authorities[connections::url_index(index, authorities.len())];
     let started = Instant::now();
     let accounts = args.accounts.max(1);
     let mut cookies = Vec::with_capacity(accounts);
     for index in 0..accounts {
-        cookies.push(sign_up(&authority, &unique("bench", index)).await?);
+        cookies.push(sign_up(authority(index), &unique("bench", index)).await?);
     }
     let prefix = unique("r", 0);
     let creations = (0..args.rooms).map(|index| {
-        let (authority, cookie) = (&authority, &cookies[index % accounts]);
+        let (authority, cookie) = (authority(index), &cookies[index % accounts]);
         let name = format!("{prefix}-{index}");
         async move { create_room(authority, cookie, &name).await }
     });
@@ -304,9 +311,10 @@ async fn list_rooms(url: String, args: &RoomsArgs) -> Result<ListReport> {
 
     let mut times_ns = Vec::with_capacity(args.gets);
     let mut body_bytes = 0;
-    for _ in 0..args.gets.max(1) {
+    for index in 0..args.gets.max(1) {
         let asked = Instant::now();
-        let response = client::http::request(&authority, "GET", "/api/rooms", &[], None).await?;
+        let response =
+            client::http::request(authority(index), "GET", "/api/rooms", &[], None).await?;
         times_ns.push(asked.elapsed().as_nanos() as u64);
         ensure!(response.status == 200, "GET /api/rooms: {}", response.status);
         let listed: Vec<Value> =
@@ -349,16 +357,16 @@ struct Heard {
 
 /// P1: `members` guests join the room one by one, each after the previous one's joined frame,
 /// then leave in the same order, each after the previous one is back in the feed; every
-/// presence frame each receives is counted.
-async fn presence(url: String, members: usize) -> Result<PresenceReport> {
-    let authority = authority(&url)?;
+/// presence frame each receives is counted. With several URLs the members go to each in turn.
+async fn presence(urls: Vec<String>, members: usize) -> Result<PresenceReport> {
+    let authority = authority(urls.first().context("no URL")?)?;
     let owner = sign_up(&authority, &unique("owner", 0)).await?;
     create_room(&authority, &owner, PRESENCE_ROOM).await.or_else(|error| {
         // A server given with --url may have it from an earlier run.
         if error.to_string().contains("409") { Ok(()) } else { Err(error) }
     })?;
     let opened_by = Instant::now() + Duration::from_secs(60);
-    let (sockets, _) = connections::open(&url, members, 64, opened_by).await?;
+    let (sockets, _) = connections::open(&urls, members, 64, opened_by).await?;
     let mut tasks = JoinSet::new();
     let mut steps = Vec::with_capacity(members);
     for socket in sockets {
@@ -379,7 +387,11 @@ async fn presence(url: String, members: usize) -> Result<PresenceReport> {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    // Every member is back in the feed: whatever the room sent it has arrived before that.
+    // Every member is back in the feed: whatever its own node sent it has arrived before that.
+    // A frame from another node has no such order with the answer: give those time to land.
+    if urls.len() > 1 {
+        tokio::time::sleep(CROSS_NODE_SETTLE).await;
+    }
     drop(steps);
     let mut heard = Heard::default();
     while let Some(finished) = tasks.join_next().await {

@@ -225,6 +225,98 @@ async fn rooms_are_listed_and_presence_frames_are_counted() -> Result<()> {
     Ok(())
 }
 
+/// Several URLs, as for the nodes of a cluster: here two URLs of one server (`/` and `/ws`), so
+/// that whatever crosses between them arrives for sure. The connections (senders included)
+/// split evenly, in turn, and every delivery arrives once, on both; idle connections split
+/// too. Two `--server-pid`s are summed: the server's own and this test's (a second process,
+/// busy or not, only adds).
+#[tokio::test]
+async fn spreads_clients_over_several_urls() -> Result<()> {
+    let args = ["--message-rate", "0", "--frame-rate", "0"];
+    let server = RunningServer::start(workspace_binary("server")?, &args).await?;
+    let (first, second) = (server.ws_url(), format!("{}ws", server.ws_url()));
+    let pid = server.pid().context("the server exited")?.to_string();
+    let own = std::process::id().to_string();
+    let (ok, report, text) = chatload(&[
+        "fanout",
+        "--url",
+        &first,
+        "--url",
+        &second,
+        "--clients",
+        "21",
+        "--senders",
+        "3",
+        "--messages",
+        "40",
+        "--window",
+        "4",
+        "--server-pid",
+        &pid,
+        "--server-pid",
+        &own,
+    ])
+    .await?;
+    assert_clean_fanout(&report, 3 * 40 * 20, &text);
+    assert!(ok, "chatload fanout over two URLs failed: {text}");
+    // Connections 0, 2, 4, ... go to the first URL, 1, 3, 5, ... to the second: 11 and 10
+    // clients, senders 0 and 2 on the first, sender 1 on the second.
+    let shares = report["urls"].as_array().context("no per-URL report")?;
+    let share = |index: usize, key: &str| count(&shares[index], key);
+    assert_eq!(shares.len(), 2, "{text}");
+    assert_eq!(shares[0]["url"], first.as_str(), "{text}");
+    assert_eq!(shares[1]["url"], second.as_str(), "{text}");
+    assert_eq!((share(0, "clients"), share(1, "clients")), (11, 10), "{text}");
+    assert_eq!((share(0, "senders"), share(1, "senders")), (2, 1), "{text}");
+    // A sender gets the other two senders' 80 messages, any other client all 120.
+    assert_eq!(share(0, "expected_deliveries"), 2 * 80 + 9 * 120, "{text}");
+    assert_eq!(share(1, "expected_deliveries"), 80 + 9 * 120, "{text}");
+    for index in 0..2 {
+        assert_eq!(share(index, "deliveries"), share(index, "expected_deliveries"), "{text}");
+        assert_eq!(share(index, "lost"), 0, "{text}");
+    }
+    // Every receiver has senders on the other URL: the latency of those deliveries is apart.
+    assert!(report["cross_url_latency_us"]["p50"].as_f64().is_some_and(|p| p > 0.0), "{text}");
+    assert_eq!(report["server"]["processes"], 2, "{text}");
+    assert!(report["server"]["cpu_us_per_delivery"].is_number(), "{text}");
+
+    let (ok, report, text) =
+        chatload(&["idle", "--url", &first, "--url", &second, "--clients", "31", "--hold", "0.1"])
+            .await?;
+    assert!(ok, "chatload idle over two URLs failed: {text}");
+    let shares = report["urls"].as_array().context("no per-URL report")?;
+    assert_eq!((count(&shares[0], "clients"), count(&shares[1], "clients")), (16, 15), "{text}");
+    assert_eq!(count(&shares[0], "dropped") + count(&shares[1], "dropped"), 0, "{text}");
+    Ok(())
+}
+
+/// With one URL the report is as it always was: no per-URL part.
+#[tokio::test]
+async fn one_url_reports_no_split() -> Result<()> {
+    let args = ["--message-rate", "0", "--frame-rate", "0"];
+    let server = RunningServer::start(workspace_binary("server")?, &args).await?;
+    let pid = server.pid().context("the server exited")?.to_string();
+    let (ok, report, text) = chatload(&[
+        "fanout",
+        "--url",
+        &server.ws_url(),
+        "--clients",
+        "4",
+        "--messages",
+        "5",
+        "--server-pid",
+        &pid,
+    ])
+    .await?;
+    assert!(ok, "{text}");
+    for key in ["urls", "cross_url_latency_us"] {
+        assert!(report.get(key).is_none(), "{key} in {text}");
+    }
+    assert!(report["server"].get("processes").is_none(), "{text}");
+    assert!(!text.contains("processes summed"), "{text}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn refuses_targets_that_are_not_loopback() -> Result<()> {
     for url in ["ws://192.0.2.1:9/", "ws://example.com:9/", "ws://[2001:db8::1]:9/"] {
