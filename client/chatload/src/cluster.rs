@@ -47,11 +47,42 @@ pub struct Services {
     /// of its own.
     #[arg(long, env = "CHATTERBOX_TEST_REDIS", default_value = "redis://127.0.0.1:6379")]
     redis: String,
+    /// With --cluster: a setting of each run's database (`ALTER DATABASE ... SET`), to see
+    /// what it changes: `--postgres-setting synchronous_commit=off`, say. Repeatable.
+    #[arg(long = "postgres-setting", value_name = "NAME=VALUE", value_parser = postgres_setting)]
+    postgres_settings: Vec<(String, String)>,
+}
+
+impl Services {
+    /// The options that change what is measured, as typed, for the command line on record.
+    pub fn command_suffix(&self) -> String {
+        self.postgres_settings
+            .iter()
+            .map(|(name, value)| format!(" --postgres-setting {name}={value}"))
+            .collect()
+    }
+}
+
+/// `NAME=VALUE` of a PostgreSQL setting: a name of lowercase letters, digits, `_` and `.`, a
+/// value of letters, digits, `_`, `.` and `-`, so that both go into SQL as they are.
+fn postgres_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or("expected NAME=VALUE")?;
+    let name_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c);
+    let value_ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+    if name.is_empty() || !name.chars().all(name_ok) {
+        return Err(format!("{name:?} is not a PostgreSQL setting's name"));
+    }
+    if value.is_empty() || !value.chars().all(value_ok) {
+        return Err(format!("{value:?}: only letters, digits, '_', '.' and '-'"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// The services, checked once per `compare`.
 pub struct Cluster {
     postgres: String,
+    /// Each run's database gets these (`ALTER DATABASE ... SET name = 'value'`).
+    postgres_settings: Vec<(String, String)>,
     redis: String,
     /// redis-server's process id, measured with the nodes.
     redis_pid: u32,
@@ -74,6 +105,7 @@ impl Cluster {
             .context("redis-server runs, but its /proc entries cannot be read")?;
         Ok(Cluster {
             postgres: services.postgres.clone(),
+            postgres_settings: services.postgres_settings.clone(),
             redis: services.redis.clone(),
             redis_pid,
         })
@@ -81,8 +113,17 @@ impl Cluster {
 
     /// Says which processes the two-node column measures, for the record.
     pub fn describe(&self) -> String {
+        let settings: Vec<String> = self
+            .postgres_settings
+            .iter()
+            .map(|(name, value)| format!("{name} = {value}"))
+            .collect();
+        let settings = match settings.is_empty() {
+            true => String::new(),
+            false => format!(" (each run's database with {})", settings.join(", ")),
+        };
         format!(
-            "Cluster: PostgreSQL at {}, Redis at {} (redis-server pid {}); in the two-node \
+            "Cluster: PostgreSQL at {}{settings}, Redis at {} (redis-server pid {}); in the two-node \
              column, server CPU and memory are summed over both nodes and redis-server; \
              PostgreSQL's backends for the run's database are measured apart, over the whole run \
              (\"PostgreSQL backends' CPU\" rows, not included in the server's).\n",
@@ -102,7 +143,7 @@ impl Cluster {
         workload: Workload,
         deadline: Duration,
     ) -> Result<Outcome> {
-        let database = FreshDatabase::create(&self.postgres)?;
+        let database = FreshDatabase::create(&self.postgres, &self.postgres_settings)?;
         let prefix = database.name.clone();
         let result = async {
             let mut servers = Vec::with_capacity(nodes);
@@ -198,11 +239,16 @@ struct FreshDatabase {
 }
 
 impl FreshDatabase {
-    fn create(admin: &str) -> Result<FreshDatabase> {
+    fn create(admin: &str, settings: &[(String, String)]) -> Result<FreshDatabase> {
         let name = unique_name();
         let url = with_database(admin, &name)?;
         psql(admin, &format!("CREATE DATABASE {name}"))?;
-        Ok(FreshDatabase { admin: admin.to_owned(), name, url, dropped: false })
+        let database = FreshDatabase { admin: admin.to_owned(), name, url, dropped: false };
+        // The names and values are checked by `postgres_setting`: nothing to quote.
+        for (setting, value) in settings {
+            psql(admin, &format!("ALTER DATABASE {} SET {setting} = '{value}'", database.name))?;
+        }
+        Ok(database)
     }
 
     /// The CPU time so far of each PostgreSQL backend serving this database (the nodes' pools
@@ -373,6 +419,18 @@ mod tests {
             "postgres://user@127.0.0.1/db"
         );
         assert_eq!(without_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn settings_go_into_sql_only_when_harmless() {
+        assert_eq!(
+            postgres_setting("synchronous_commit=off"),
+            Ok(("synchronous_commit".into(), "off".into()))
+        );
+        assert!(postgres_setting("commit_delay=100").is_ok());
+        for bad in ["synchronous_commit", "=off", "a=", "x=1'; DROP TABLE t; --", "A=b", "a b=c"] {
+            assert!(postgres_setting(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -429,6 +429,7 @@ fn command_suffix(args: &CompareArgs) -> String {
     }
     if args.cluster {
         suffix += " --cluster";
+        suffix += &args.services.command_suffix();
     }
     if args.runs != 3 {
         suffix += &format!(" --runs {}", args.runs);
@@ -1124,7 +1125,14 @@ fn crossed_ms(report: &FanoutReport, percentile: fn(&fanout::Latency) -> f64) ->
     report.cross_url_latency_us.as_ref().map_or(f64::NAN, percentile) / 1e3
 }
 
-/// Rows only the two-node column fills: latency of what crossed nodes, and PostgreSQL's CPU.
+/// The CPU per delivery of the `index`th process of a cluster (node a, node b, redis-server:
+/// the order `Cluster::run_once` gives them); NaN for one process.
+fn process_cpu(report: &FanoutReport, index: usize) -> f64 {
+    report.server_cpu_us_per_delivery_each.get(index).copied().unwrap_or(f64::NAN)
+}
+
+/// Rows only the two-node column fills: latency of what crossed nodes, where the CPU time goes,
+/// and PostgreSQL's CPU.
 fn cluster_fanout_metrics() -> Vec<Metric<FanoutReport>> {
     vec![
         Metric::median("latency p50 from the other node (ms)", 2, |r: &FanoutReport| {
@@ -1133,6 +1141,9 @@ fn cluster_fanout_metrics() -> Vec<Metric<FanoutReport>> {
         Metric::median("latency p99 from the other node (ms)", 2, |r: &FanoutReport| {
             crossed_ms(r, |l| l.p99)
         }),
+        Metric::median("of which node a (us)", 3, |r: &FanoutReport| process_cpu(r, 0)),
+        Metric::median("of which node b (us)", 3, |r: &FanoutReport| process_cpu(r, 1)),
+        Metric::median("of which redis-server (us)", 3, |r: &FanoutReport| process_cpu(r, 2)),
         Metric::median(
             "PostgreSQL backends' CPU per delivery (us), whole run, not in the server's",
             3,

@@ -108,6 +108,10 @@ pub struct FanoutReport {
     pub deliveries_per_second: f64,
     pub latency_us: Latency,
     pub server: Option<ServerUsage>,
+    /// With several server processes, the server CPU per delivery of each, in the order they
+    /// were given (`server` has their sum); empty with one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_cpu_us_per_delivery_each: Vec<f64>,
     /// With several URLs, what each one's connections received; empty with one URL.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<UrlShare>,
@@ -233,7 +237,8 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
     let (sockets, connect_time) =
         connections::open(&config.urls, config.clients, config.concurrency, deadline).await?;
 
-    let cpu_before_send = read_if_any(pids, CpuTime::read_all)?;
+    // Each process apart, to tell where the CPU time goes (a cluster's nodes, its broker).
+    let cpu_before_send = read_if_any(pids, CpuTime::read_each)?;
     let total_messages = config.senders * config.messages as usize;
     let receivers_per_message = u32::try_from(config.clients - 1)?;
     let shared = Arc::new(Shared {
@@ -288,7 +293,7 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
         cross_url_latencies.append(&mut received.cross_url_latencies_ns);
         stats.merge(&received);
     }
-    let cpu_after = read_if_any(pids, CpuTime::read_all)?;
+    let cpu_after = read_if_any(pids, CpuTime::read_each)?;
     let memory = read_if_any(pids, Memory::read_all)?;
     let sampled_peak = match sampler {
         Some(sampler) => Some(sampler.finish().await),
@@ -299,13 +304,23 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
     }
 
     let send_seconds = stats.last_delivery_ns.saturating_sub(send_started_ns) as f64 / 1e9;
+    let per_delivery = |seconds: f64| seconds * 1e6 / stats.unique.max(1) as f64;
+    let server_cpu_us_per_delivery_each = match (&cpu_before_send, &cpu_after) {
+        (Some(before), Some(after)) if pids.len() > 1 => after
+            .iter()
+            .zip(before)
+            .map(|(after, before)| per_delivery(after.since(before)))
+            .collect(),
+        _ => Vec::new(),
+    };
     let server = match (cpu_before_connect, cpu_before_send, cpu_after, memory) {
         (Some(before_connect), Some(before_send), Some(after), Some(memory)) => {
+            let (before_send, after) = (CpuTime::sum(&before_send), CpuTime::sum(&after));
             let cpu_seconds = after.since(&before_send);
             Some(ServerUsage {
                 connect_cpu_seconds: before_send.since(&before_connect),
                 cpu_seconds,
-                cpu_us_per_delivery: cpu_seconds * 1e6 / stats.unique.max(1) as f64,
+                cpu_us_per_delivery: per_delivery(cpu_seconds),
                 peak_rss_kib: memory.peak_kib,
                 sampled_peak_rss_kib: sampled_peak.unwrap_or(0),
                 processes: pids.len(),
@@ -341,6 +356,7 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
             latency_summary(&mut latencies)
         },
         server,
+        server_cpu_us_per_delivery_each,
         cross_url_latency_us: (config.urls.len() > 1)
             .then(|| latency_summary(&mut cross_url_latencies)),
         database_cpu_us_per_delivery: None,
@@ -715,9 +731,11 @@ impl FanoutReport {
             );
         }
         if let Some(server) = &self.server {
+            let each: Vec<String> =
+                self.server_cpu_us_per_delivery_each.iter().map(|us| format!("{us:.3}")).collect();
             let processes = match server.processes {
                 1 => String::new(),
-                count => format!(" ({count} processes summed)"),
+                count => format!(" ({count} processes summed: {} us)", each.join(" + ")),
             };
             text += &format!(
                 "\nserver{processes}: {:.3} us CPU per delivery ({:.3} s while sending, {:.3} s \

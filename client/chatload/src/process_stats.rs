@@ -32,14 +32,22 @@ impl CpuTime {
     /// The sum over `pids`: a cluster's nodes and its broker, counted as one server. schedstat
     /// only if every process has it, so that the sum is one kind of reading.
     pub fn read_all(pids: &[u32]) -> Result<CpuTime> {
+        Ok(CpuTime::sum(&CpuTime::read_each(pids)?))
+    }
+
+    /// One reading per process of `pids`, in order.
+    pub fn read_each(pids: &[u32]) -> Result<Vec<CpuTime>> {
+        pids.iter().map(|&pid| CpuTime::read(pid)).collect()
+    }
+
+    pub fn sum(readings: &[CpuTime]) -> CpuTime {
         let mut total = CpuTime { stat_seconds: 0.0, schedstat_seconds: Some(0.0) };
-        for &pid in pids {
-            let one = CpuTime::read(pid)?;
+        for one in readings {
             total.stat_seconds += one.stat_seconds;
             total.schedstat_seconds =
                 total.schedstat_seconds.zip(one.schedstat_seconds).map(|(sum, one)| sum + one);
         }
-        Ok(total)
+        total
     }
 
     /// CPU seconds from `earlier` to `self`: schedstat when both readings have it, else stat.

@@ -278,6 +278,9 @@ async fn spreads_clients_over_several_urls() -> Result<()> {
     // Every receiver has senders on the other URL: the latency of those deliveries is apart.
     assert!(report["cross_url_latency_us"]["p50"].as_f64().is_some_and(|p| p > 0.0), "{text}");
     assert_eq!(report["server"]["processes"], 2, "{text}");
+    let each =
+        report["server_cpu_us_per_delivery_each"].as_array().context("no CPU per process")?;
+    assert_eq!(each.len(), 2, "{text}");
     assert!(report["server"]["cpu_us_per_delivery"].is_number(), "{text}");
 
     let (ok, report, text) =
@@ -309,7 +312,7 @@ async fn one_url_reports_no_split() -> Result<()> {
     ])
     .await?;
     assert!(ok, "{text}");
-    for key in ["urls", "cross_url_latency_us"] {
+    for key in ["urls", "cross_url_latency_us", "server_cpu_us_per_delivery_each"] {
         assert!(report.get(key).is_none(), "{key} in {text}");
     }
     assert!(report["server"].get("processes").is_none(), "{text}");
