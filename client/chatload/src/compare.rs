@@ -20,6 +20,7 @@ use client::RunningServer;
 use crate::fanout::{self, Fanout, FanoutReport, Pace};
 use crate::feed::{Prefills, database_arguments, fill, stop_cleanly};
 use crate::idle::{self, Idle, IdleReport};
+use crate::process_stats::CpuTime;
 use crate::start::{self, Join, StartReport};
 
 #[derive(Args)]
@@ -139,7 +140,8 @@ const LESSON05: Column = Column {
 const SERVER: Column = server("server", Database::Unset, None);
 const MEMORY: Column = server("memory", Database::Memory, None);
 const SQLITE: Column = server("SQLite", Database::Fresh, None);
-const POSTGRES: Column = server("PostgreSQL", Database::Postgres, None);
+/// Its server CPU includes PostgreSQL's backends for the server's connections.
+const POSTGRES: Column = server("PostgreSQL (+ backends)", Database::Postgres, None);
 const HISTORY_0: Column = server("--history 0", Database::Fresh, Some(0));
 const HISTORY_50: Column = server("--history 50", Database::Fresh, Some(DEFAULT_HISTORY));
 const STORED_1K: Column = server("1,000 stored", Database::Prefilled(1000), None);
@@ -548,7 +550,24 @@ async fn run_once(
                     deadline,
                     stall: Duration::from_secs(10),
                 };
-                Outcome::Fanout(fanout::run(&config).await?)
+                let backends = match &postgres {
+                    Some(database) => Some(database.backends_cpu().await?),
+                    None => None,
+                };
+                let mut report = fanout::run(&config).await?;
+                // PostgreSQL does the commits' work in its backends: counted with the server's,
+                // so that the column is what the machine pays for the chat.
+                if let (Some(database), Some(before), Some(server)) =
+                    (&postgres, backends, report.server.as_mut())
+                {
+                    let spent = database.backends_cpu_since(&before).await?;
+                    if server.cpu_seconds > 0.0 {
+                        server.cpu_us_per_delivery *=
+                            (server.cpu_seconds + spent) / server.cpu_seconds;
+                    }
+                    server.cpu_seconds += spent;
+                }
+                Outcome::Fanout(report)
             }
             Workload::Idle { clients, prefill } => {
                 if prefill > 0 {
@@ -614,6 +633,41 @@ impl FreshPostgres {
         }
         execute(&admin, format!("CREATE DATABASE {name}")).await?;
         Ok(FreshPostgres { admin, name, url })
+    }
+
+    /// The CPU time so far of each PostgreSQL backend serving this database (the server's
+    /// connections), by pid.
+    async fn backends_cpu(&self) -> Result<Vec<(u32, CpuTime)>> {
+        let mut config: postgres::Config = self.admin.parse().context("--postgres")?;
+        config.connect_timeout(Duration::from_secs(5));
+        let name = self.name.clone();
+        let pids: Vec<i32> = tokio::task::spawn_blocking(move || {
+            let mut client = config.connect(postgres::NoTls).context("connecting to --postgres")?;
+            let rows =
+                client.query("SELECT pid FROM pg_stat_activity WHERE datname = $1", &[&name])?;
+            anyhow::Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+        .await??;
+        // A backend that ended meanwhile is not counted.
+        Ok(pids
+            .into_iter()
+            .filter_map(|pid| Some((pid as u32, CpuTime::read(pid as u32).ok()?)))
+            .collect())
+    }
+
+    /// CPU seconds the database's backends used since `before` (a backend that started
+    /// meanwhile: all of its own).
+    async fn backends_cpu_since(&self, before: &[(u32, CpuTime)]) -> Result<f64> {
+        let zero = CpuTime { stat_seconds: 0.0, schedstat_seconds: Some(0.0) };
+        Ok(self
+            .backends_cpu()
+            .await?
+            .iter()
+            .map(|(pid, now)| {
+                let then = before.iter().find(|(old, _)| old == pid).map_or(&zero, |(_, t)| t);
+                now.since(then)
+            })
+            .sum())
     }
 
     async fn drop_it(self) -> Result<()> {
@@ -1036,11 +1090,11 @@ fn store_targets(all: &[Configuration], results: &Results, selected: &[usize]) -
             );
         }
     }
-    // PostgreSQL's own processes are not counted: this is what the server itself pays.
+    // The PostgreSQL column counts its backends too: what the machine pays for the chat.
     for name in ["F1p", "F2p", "F3p"] {
         if let Some(index) = index_of(name) {
             targets.check(
-                format!("{name}: server CPU/delivery on PostgreSQL <= 1.5x on SQLite"),
+                format!("{name}: CPU/delivery, server + PostgreSQL backends <= 1.5x SQLite's"),
                 ratio(cpu(results, index, 0), cpu(results, index, 1)),
                 "x",
                 |r| r <= 1.5,
