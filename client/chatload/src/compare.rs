@@ -20,6 +20,7 @@ use client::RunningServer;
 use crate::fanout::{self, Fanout, FanoutReport, Pace};
 use crate::feed::{Prefills, database_arguments, fill, stop_cleanly};
 use crate::idle::{self, Idle, IdleReport};
+use crate::process_stats::CpuTime;
 use crate::start::{self, Join, StartReport};
 
 #[derive(Args)]
@@ -28,7 +29,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Only these configurations, comma-separated: F1,F2,F3,I1,L1,I2 (with --store:
-    /// F1,F2,F3,I1h,S1).
+    /// F1,F2,F3,I1h,S1, and F1p,F2p,F3p with --postgres).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Use target/release/{lesson05,server} as they are, without running cargo build.
@@ -52,6 +53,11 @@ pub struct CompareArgs {
     /// against `--database memory`, history on join, and start-up on a large stored feed.
     #[arg(long, conflicts_with_all = ["baseline", "baseline_args"])]
     store: bool,
+    /// With --store: also F1p–F3p, SQLite against PostgreSQL, each PostgreSQL run on a fresh
+    /// database created (and dropped) on the server this URL reaches, e.g.
+    /// postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(long, value_name = "URL", requires = "store")]
+    postgres: Option<String>,
 }
 
 /// The programs under test.
@@ -83,6 +89,8 @@ enum Database {
     /// The SQLite file filled with this many feed messages once per `compare`, before the
     /// runs; every run starts on it and stops cleanly, so the next run finds it as it was.
     Prefilled(u32),
+    /// A fresh PostgreSQL database on the server `--postgres` reaches, dropped after the run.
+    Postgres,
 }
 
 /// One side of a comparison.
@@ -132,6 +140,8 @@ const LESSON05: Column = Column {
 const SERVER: Column = server("server", Database::Unset, None);
 const MEMORY: Column = server("memory", Database::Memory, None);
 const SQLITE: Column = server("SQLite", Database::Fresh, None);
+/// Its server CPU includes PostgreSQL's backends for the server's connections.
+const POSTGRES: Column = server("PostgreSQL (+ backends)", Database::Postgres, None);
 const HISTORY_0: Column = server("--history 0", Database::Fresh, Some(0));
 const HISTORY_50: Column = server("--history 50", Database::Fresh, Some(DEFAULT_HISTORY));
 const STORED_1K: Column = server("1,000 stored", Database::Prefilled(1000), None);
@@ -223,6 +233,9 @@ const STORE_CONFIGURATIONS: &[Configuration] = &[
         Workload::Idle { clients: 5000, prefill: 50 },
         [HISTORY_0, HISTORY_50],
     ),
+    configuration("F1p", F1_TEXT, F1, [SQLITE, POSTGRES]),
+    configuration("F2p", F2_TEXT, F2, [SQLITE, POSTGRES]),
+    configuration("F3p", F3_TEXT, F3, [SQLITE, POSTGRES]),
     configuration(
         "S1",
         "start on a SQLite file of 1,000 / 1,000,000 feed messages (filled once, through the \
@@ -307,6 +320,10 @@ pub async fn run(args: CompareArgs) -> Result<()> {
         .filter(|(_, c)| {
             args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(c.name))
         })
+        // The PostgreSQL columns run only when there is a PostgreSQL to run them on.
+        .filter(|(_, c)| {
+            args.postgres.is_some() || c.columns.iter().all(|c| c.database != Database::Postgres)
+        })
         .map(|(index, _)| index)
         .collect();
     if selected.is_empty() {
@@ -366,6 +383,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
                     arguments,
                     column,
                     &prefills,
+                    args.postgres.as_deref(),
                     configuration.workload,
                     Duration::from_secs(args.deadline),
                 )
@@ -395,6 +413,9 @@ fn command_suffix(args: &CompareArgs) -> String {
     let mut suffix = String::new();
     if args.store {
         suffix += " --store";
+    }
+    if let Some(url) = &args.postgres {
+        suffix += &format!(" --postgres {url}");
     }
     if args.runs != 3 {
         suffix += &format!(" --runs {}", args.runs);
@@ -482,6 +503,7 @@ async fn run_once(
     mut arguments: Vec<String>,
     column: &Column,
     prefills: &Prefills,
+    postgres: Option<&str>,
     workload: Workload,
     deadline: Duration,
 ) -> Outcome {
@@ -489,6 +511,13 @@ async fn run_once(
         // A fresh database lives in its own directory for one run.
         let fresh = match column.database {
             Database::Fresh => Some(tempfile::Builder::new().prefix("chatload-store-").tempdir()?),
+            _ => None,
+        };
+        let postgres = match column.database {
+            Database::Postgres => {
+                let url = postgres.context("a PostgreSQL column without --postgres")?;
+                Some(FreshPostgres::create(url.to_owned()).await?)
+            }
             _ => None,
         };
         match column.database {
@@ -501,6 +530,10 @@ async fn run_once(
             }
             Database::Prefilled(messages) => {
                 arguments.extend(database_arguments(prefills.path(messages)?));
+            }
+            Database::Postgres => {
+                let database = postgres.as_ref().context("no PostgreSQL database")?;
+                arguments.extend(["--database".into(), database.url.clone()]);
             }
         }
         let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
@@ -521,7 +554,24 @@ async fn run_once(
                     deadline,
                     stall: Duration::from_secs(10),
                 };
-                Outcome::Fanout(fanout::run(&config).await?)
+                let backends = match &postgres {
+                    Some(database) => Some(database.backends_cpu().await?),
+                    None => None,
+                };
+                let mut report = fanout::run(&config).await?;
+                // PostgreSQL does the commits' work in its backends: counted with the server's,
+                // so that the column is what the machine pays for the chat.
+                if let (Some(database), Some(before), Some(server)) =
+                    (&postgres, backends, report.server.as_mut())
+                {
+                    let spent = database.backends_cpu_since(&before).await?;
+                    if server.cpu_seconds > 0.0 {
+                        server.cpu_us_per_delivery *=
+                            (server.cpu_seconds + spent) / server.cpu_seconds;
+                    }
+                    server.cpu_seconds += spent;
+                }
+                Outcome::Fanout(report)
             }
             Workload::Idle { clients, prefill } => {
                 if prefill > 0 {
@@ -556,9 +606,95 @@ async fn run_once(
         if let Some(directory) = fresh {
             directory.close().context("removing the temporary database failed")?;
         }
+        if let Some(database) = postgres {
+            database.drop_it().await?;
+        }
         anyhow::Ok(outcome)
     };
     result.await.unwrap_or_else(|error| Outcome::Failed(format!("{error:#}")))
+}
+
+/// A PostgreSQL database of one run's own, made on the server `--postgres` reaches.
+struct FreshPostgres {
+    /// The URL `--postgres` gave: where the database is created and dropped from.
+    admin: String,
+    name: String,
+    /// The URL for the server's `--database`.
+    url: String,
+}
+
+impl FreshPostgres {
+    async fn create(admin: String) -> Result<FreshPostgres> {
+        let name = format!("chatload_{}_{}", std::process::id(), now_nanos());
+        // The same URL with the new database's name in place of its path.
+        let (prefix, query) = admin.split_once('?').unwrap_or((&admin, ""));
+        let authority_end = prefix.find("://").map_or(0, |at| at + 3);
+        let path_start =
+            prefix[authority_end..].find('/').map_or(prefix.len(), |at| authority_end + at);
+        let mut url = format!("{}/{name}", &prefix[..path_start]);
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        execute(&admin, format!("CREATE DATABASE {name}")).await?;
+        Ok(FreshPostgres { admin, name, url })
+    }
+
+    /// The CPU time so far of each PostgreSQL backend serving this database (the server's
+    /// connections), by pid.
+    async fn backends_cpu(&self) -> Result<Vec<(u32, CpuTime)>> {
+        let mut config: postgres::Config = self.admin.parse().context("--postgres")?;
+        config.connect_timeout(Duration::from_secs(5));
+        let name = self.name.clone();
+        let pids: Vec<i32> = tokio::task::spawn_blocking(move || {
+            let mut client = config.connect(postgres::NoTls).context("connecting to --postgres")?;
+            let rows =
+                client.query("SELECT pid FROM pg_stat_activity WHERE datname = $1", &[&name])?;
+            anyhow::Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+        .await??;
+        // A backend that ended meanwhile is not counted.
+        Ok(pids
+            .into_iter()
+            .filter_map(|pid| Some((pid as u32, CpuTime::read(pid as u32).ok()?)))
+            .collect())
+    }
+
+    /// CPU seconds the database's backends used since `before` (a backend that started
+    /// meanwhile: all of its own).
+    async fn backends_cpu_since(&self, before: &[(u32, CpuTime)]) -> Result<f64> {
+        let zero = CpuTime { stat_seconds: 0.0, schedstat_seconds: Some(0.0) };
+        Ok(self
+            .backends_cpu()
+            .await?
+            .iter()
+            .map(|(pid, now)| {
+                let then = before.iter().find(|(old, _)| old == pid).map_or(&zero, |(_, t)| t);
+                now.since(then)
+            })
+            .sum())
+    }
+
+    async fn drop_it(self) -> Result<()> {
+        execute(&self.admin, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() % 1_000_000_000)
+}
+
+/// Runs `sql` on the PostgreSQL server `url` reaches, on a blocking thread (the synchronous
+/// client runs its own runtime).
+async fn execute(url: &str, sql: String) -> Result<()> {
+    let mut config: postgres::Config = url.parse().context("--postgres is not a PostgreSQL URL")?;
+    config.connect_timeout(Duration::from_secs(5));
+    tokio::task::spawn_blocking(move || {
+        let mut client = config.connect(postgres::NoTls).context("connecting to --postgres")?;
+        client.batch_execute(&sql).with_context(|| format!("{sql} failed"))
+    })
+    .await?
 }
 
 fn one_line(outcome: &Outcome) -> String {
@@ -955,6 +1091,17 @@ fn store_targets(all: &[Configuration], results: &Results, selected: &[usize]) -
                 ratio(cpu(results, index, 0), cpu(results, index, 1)),
                 "x",
                 |r| r <= 1.15,
+            );
+        }
+    }
+    // The PostgreSQL column counts its backends too: what the machine pays for the chat.
+    for name in ["F1p", "F2p", "F3p"] {
+        if let Some(index) = index_of(name) {
+            targets.check(
+                format!("{name}: CPU/delivery, server + PostgreSQL backends <= 1.5x SQLite's"),
+                ratio(cpu(results, index, 0), cpu(results, index, 1)),
+                "x",
+                |r| r <= 1.5,
             );
         }
     }
