@@ -22,8 +22,9 @@ pub struct Config {
     #[arg(long, env = "RUST_LOG", default_value = "warn")]
     pub log: String,
 
-    /// Where messages and schedules are kept: a SQLite file (created if missing), or `memory`
-    /// to keep nothing on disk.
+    /// Where messages, schedules and accounts are kept: a SQLite file (created if missing), a
+    /// PostgreSQL database (`postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME`, which must
+    /// exist), or `memory` to keep nothing on disk.
     #[arg(long, env = "CHATTERBOX_DATABASE", default_value = "chatterbox.db")]
     pub database: String,
 
@@ -157,6 +158,11 @@ pub struct Limits {
     /// this, new messages are still delivered but not kept.
     #[arg(long, default_value_t = 100_000)]
     pub store_backlog: usize,
+
+    /// Connections to a PostgreSQL `--database` for reads (accounts, sessions, pages of
+    /// history), besides the writer's own.
+    #[arg(long, default_value_t = 4)]
+    pub database_pool: u32,
 
     /// Seconds to wait for clients to take their close frames at shutdown.
     #[arg(long, default_value_t = 2)]

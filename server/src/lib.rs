@@ -14,8 +14,9 @@
 //!   `seq`, encodes it once into a [`frame`], fans it out to the queues of those who should get
 //!   it (evicting any whose queue is full), keeps the recent ones for newcomers and resumes,
 //!   and hands it to the [`store`].
-//! - [`store`] is the seam for what is kept: [`sqlite`] (a file, written in batches by one
-//!   thread) or in memory.
+//! - [`store`] is the seam for what is kept: [`sqlite`] (a file), [`postgres`] (a PostgreSQL
+//!   database, for several nodes later) or in memory; both real ones are written in batches by
+//!   one thread, the [`writer`].
 //! - [`scheduler`] holds scheduled messages in one timer task (kept in the store too) and
 //!   hands them to the hub, paced, when they are due.
 //! - [`metrics`] counts what happens and reads the states for `GET /metrics` (Prometheus).
@@ -37,6 +38,7 @@ mod hub;
 pub mod message;
 pub mod metrics;
 mod outbox;
+pub mod postgres;
 pub mod protocol;
 mod rate_limit;
 mod routes;
@@ -44,6 +46,7 @@ mod scheduler;
 mod session;
 pub mod sqlite;
 pub mod store;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,20 +80,39 @@ pub struct Server {
     limits: Limits,
 }
 
-/// Opens the store `--database` names: `memory`, or a SQLite file. The error is one line,
-/// naming the file and the reason.
+/// Why `--database` could not be opened: one line, naming the file or the host and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::OpenError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::OpenError),
+}
+
+/// Opens the store `--database` names: `memory`, a PostgreSQL URL, or a SQLite file.
 pub fn open_store(
     database: &str,
     limits: &Limits,
     counters: &Counters,
-) -> Result<Arc<dyn Store>, sqlite::OpenError> {
+) -> Result<Arc<dyn Store>, OpenStoreError> {
+    let writer = writer::WriterOptions {
+        keep: limits.history_keep,
+        backlog: limits.store_backlog,
+        write_seconds: Some(counters.store_writes.clone()),
+    };
+    if postgres::is_url(database) {
+        let options = postgres::PostgresOptions {
+            url: database.to_owned(),
+            pool: limits.database_pool,
+            writer,
+        };
+        return Ok(Arc::new(postgres::PostgresStore::open(options)?));
+    }
     match sqlite::database_path(database) {
         None => Ok(Arc::new(MemoryStore::new(limits.history_keep))),
         Some(path) => Ok(Arc::new(sqlite::SqliteStore::open(sqlite::SqliteOptions {
             path: path.to_path_buf(),
-            keep: limits.history_keep,
-            backlog: limits.store_backlog,
-            write_seconds: Some(counters.store_writes.clone()),
+            writer,
         })?)),
     }
 }

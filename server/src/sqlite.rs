@@ -1,35 +1,14 @@
 //! The SQLite store: one file (`chatterbox.db` unless `--database` says otherwise), written by
-//! one background thread.
-//!
-//! Writing: the hub and the scheduler hand their [`Change`]s to a queue and go on. The writer
-//! thread takes whatever has gathered, writes it in one transaction and commits (the database
-//! is in write-ahead-log mode, and the commit is synced to disk), then takes the next batch.
-//! Under load batches grow, so one commit (one fsync) carries many messages: group commit. A
-//! message is on disk a few milliseconds after it was fanned out; the promise written in the
-//! README is 100 ms.
-//!
-//! When writing fails (disk full, read-only, I/O error), the batch stays in memory (up to
-//! `--store-backlog` changes) and is retried every second; the error is logged at most once
-//! a minute and `/healthz` says `"store": "failing"`. Live chat does not wait for any of this.
-//!
-//! `seq`s are never reused: the `channels` table holds, per channel, a seq the server may go
-//! up to; the writer keeps it well ahead of what has been given. A clean stop brings it back
-//! to the last seq given, so that after a restart seqs go on with no gap; after a crash they
-//! go on after the reserve, so that a seq a client saw in the moments before the crash, but
-//! that never reached the disk, is not given to another message.
+//! one background thread (see [`writer`](crate::writer): batches, group commit, retries, seq
+//! reservations), in write-ahead-log mode with every commit synced to disk.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
-
 use subtle::ConstantTimeEq;
 
 use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
@@ -37,31 +16,13 @@ use crate::store::{
     AccountStore, Change, CreateAccountError, Loaded, StoreHealth, StoredAccount, StoredRoom,
     StoredSchedule,
 };
+use crate::writer::{Batches, WriteQueue, WriterOptions};
 
 /// The schema this binary writes. A file with a higher `user_version` is refused.
 pub const SCHEMA_VERSION: i64 = 4;
 
 /// Written into every chatterbox database (`PRAGMA application_id`): "CBOX".
 const APPLICATION_ID: i64 = 0x4342_4F58;
-
-/// How far ahead of the last seq given the reservation is kept.
-const SEQ_RESERVE: u64 = 1_000_000;
-
-/// Changes written in one transaction at most.
-const MAX_BATCH: usize = 4096;
-
-/// How long the writer lets a batch gather after its first change: far inside the 100 ms
-/// promise, and under load it turns many small transactions (each a sync to disk) into few.
-const GATHER: Duration = Duration::from_millis(5);
-
-/// How often a failing write is retried.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
-
-/// A failing store is logged at most this often.
-const LOG_FAILURE_EVERY: Duration = Duration::from_secs(60);
-
-/// How often old messages are deleted (`--history-keep`).
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the store could not be opened: the one line the server prints before it exits.
 #[derive(Debug, thiserror::Error)]
@@ -86,60 +47,18 @@ pub enum OpenError {
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
     pub path: PathBuf,
-    /// Messages kept per channel; older ones are deleted in the background.
-    pub keep: usize,
-    /// Changes held in memory while writing fails; beyond this new ones are not kept.
-    pub backlog: usize,
-    /// Where the time each batch took to write is recorded (`/metrics`).
-    pub write_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
-}
-
-enum Request {
-    Change(Change),
-    /// Answered once everything before it is written (or could not be).
-    Flush(std::sync::mpsc::SyncSender<bool>),
+    pub writer: WriterOptions,
 }
 
 pub struct SqliteStore {
-    queue: Mutex<Sender<Request>>,
-    /// Changes in the queue or waiting to be written; past `--store-backlog`, new messages are
-    /// delivered but not kept (and that is logged), so the server's memory stays bounded
-    /// whatever the disk does.
-    queued: Arc<AtomicUsize>,
-    backlog: usize,
+    writes: WriteQueue,
     reader: Mutex<Connection>,
     /// Accounts and sessions are written here, at once (a sign-up must know whether its name
     /// is taken), not through the writer thread; SQLite serialises the two writers.
     accounts: Mutex<Connection>,
-    failing: Arc<AtomicBool>,
-    /// Messages not kept because the backlog was full, since the writer last logged it.
-    dropped: Arc<AtomicU64>,
-    /// Told by the writer thread when it ends, whether it wrote everything.
-    writer: Mutex<Option<Receiver<bool>>>,
     /// The file, locked until the store is closed: a second server on the same file would
     /// give out the same seqs.
     lock: Mutex<Option<File>>,
-}
-
-/// Takes an exclusive lock on the database file (created if missing), or says who has it.
-///
-/// An advisory `flock` on the file itself: it is released when the process ends however it
-/// ends (`kill -9` included), so there is no stale lock file to clean up, and on Linux it does
-/// not touch the POSIX record locks SQLite itself takes on the same file.
-fn lock(file: &Path, path: &str) -> Result<File, OpenError> {
-    let unwritable = |reason: String| OpenError::Unwritable { path: path.to_owned(), reason };
-    let handle = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(file)
-        .map_err(|error| unwritable(error.to_string()))?;
-    match handle.try_lock() {
-        Ok(()) => Ok(handle),
-        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::InUse { path: path.to_owned() }),
-        Err(std::fs::TryLockError::Error(error)) => Err(unwritable(error.to_string())),
-    }
 }
 
 impl SqliteStore {
@@ -182,67 +101,36 @@ impl SqliteStore {
         )
         .map_err(|error| unwritable(error.to_string()))?;
         accounts.busy_timeout(Duration::from_secs(5)).map_err(|e| unwritable(e.to_string()))?;
-        let (queue, requests) = mpsc::channel();
-        let failing = Arc::new(AtomicBool::new(false));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let backlog = options.backlog;
-        let writer = Writer {
-            connection,
-            requests,
-            options,
-            failing: failing.clone(),
-            pending: Vec::new(),
-            acks: Vec::new(),
-            flushes: Vec::new(),
-            seen: HashMap::new(),
-            reserved: HashMap::new(),
-            queued: queued.clone(),
-            dropped: dropped.clone(),
-            last_failure_log: None,
-            last_prune: Instant::now(),
-        };
-        let (finished, writer_finished) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || {
-                let _ = finished.send(writer.run());
-            })
+        let place = path.clone();
+        let writes = WriteQueue::start(SqliteBatches { connection, place }, options.writer)
             .map_err(|error| unwritable(error.to_string()))?;
         Ok(SqliteStore {
-            queue: Mutex::new(queue),
-            queued,
-            backlog,
-            dropped,
+            writes,
             reader: Mutex::new(reader),
             accounts: Mutex::new(accounts),
-            failing,
-            writer: Mutex::new(Some(writer_finished)),
             lock: Mutex::new(Some(lock)),
         })
     }
-
-    fn send(&self, request: Request) -> bool {
-        let queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        queue.send(request).is_ok()
-    }
 }
 
-impl SqliteStore {
-    /// Closes the queue (the writer then writes what is left, brings the reservations back and
-    /// ends) and waits for the writer, up to `limit`.
-    fn stop_writer(&self, limit: Duration) -> bool {
-        let (closed, _) = mpsc::channel();
-        *self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = closed;
-        let finished = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        let Some(finished) = finished else { return true };
-        finished.recv_timeout(limit).unwrap_or(false)
-    }
-}
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        self.stop_writer(Duration::from_secs(10));
+/// Takes an exclusive lock on the database file (created if missing), or says who has it.
+///
+/// An advisory `flock` on the file itself: it is released when the process ends however it
+/// ends (`kill -9` included), so there is no stale lock file to clean up, and on Linux it does
+/// not touch the POSIX record locks SQLite itself takes on the same file.
+fn lock(file: &Path, path: &str) -> Result<File, OpenError> {
+    let unwritable = |reason: String| OpenError::Unwritable { path: path.to_owned(), reason };
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file)
+        .map_err(|error| unwritable(error.to_string()))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::InUse { path: path.to_owned() }),
+        Err(std::fs::TryLockError::Error(error)) => Err(unwritable(error.to_string())),
     }
 }
 
@@ -604,17 +492,7 @@ impl crate::store::Store for SqliteStore {
     }
 
     fn record(&self, change: Change) {
-        if matches!(change, Change::Message(_))
-            && self.queued.load(Ordering::Relaxed) >= self.backlog
-        {
-            // It was delivered live; it is only not kept. The writer logs how many.
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        if !self.send(Request::Change(change)) {
-            tracing::error!("the store's writer has stopped; a change was not kept");
-        }
+        self.writes.record(change);
     }
 
     fn page(
@@ -655,206 +533,57 @@ impl crate::store::Store for SqliteStore {
     }
 
     fn flush(&self, limit: Duration) -> bool {
-        let (done, written) = mpsc::sync_channel(1);
-        if !self.send(Request::Flush(done)) {
-            return false;
-        }
-        written.recv_timeout(limit).unwrap_or(false)
+        self.writes.flush(limit)
     }
 
     fn close(&self, limit: Duration) -> bool {
-        let written = self.stop_writer(limit);
+        let written = self.writes.close(limit);
         // Nothing writes any more: another server may have the file now.
         self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         written
     }
 
     fn health(&self) -> StoreHealth {
-        if self.failing.load(Ordering::Relaxed) { StoreHealth::Failing } else { StoreHealth::Ok }
+        self.writes.health()
+    }
+
+    #[cfg(test)]
+    fn abandon(self: Box<Self>) {
+        // A dead process's lock goes with it; the rest is left as it was.
+        self.lock.lock().unwrap().take();
+        std::mem::forget(self);
     }
 }
 
-/// The one thread that writes.
-struct Writer {
+/// What the writer thread writes through: its own connection.
+struct SqliteBatches {
     connection: Connection,
-    requests: Receiver<Request>,
-    options: SqliteOptions,
-    failing: Arc<AtomicBool>,
-    /// Changes taken from the queue and not yet written.
-    pending: Vec<Change>,
-    /// Told once the batch they came in is written.
-    acks: Vec<oneshot::Sender<bool>>,
-    flushes: Vec<std::sync::mpsc::SyncSender<bool>>,
-    /// Per channel: the highest seq seen in a change (written or not).
-    seen: HashMap<&'static str, u64>,
-    /// Per channel: the reservation on disk.
-    reserved: HashMap<&'static str, u64>,
-    /// Changes sent and not yet written (shared with `record`).
-    queued: Arc<AtomicUsize>,
-    /// Messages not kept because the backlog was full, since the last log line.
-    dropped: Arc<AtomicU64>,
-    last_failure_log: Option<Instant>,
-    last_prune: Instant,
+    /// The file's path, for the log.
+    place: String,
 }
 
-impl Writer {
-    /// Writes until the queue closes; says whether everything was written in the end.
-    fn run(mut self) -> bool {
-        loop {
-            // Wait for work, but wake up now and then to retry and to prune.
-            let first = match self.requests.recv_timeout(RETRY_EVERY) {
-                Ok(request) => Some(request),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut open = true;
-            if let Some(request) = first {
-                self.take(request);
-                // Group commit: whatever arrives in the next few milliseconds goes into the
-                // same transaction. The writer sleeps through them rather than waiting on the
-                // queue, so that a busy feed does not wake this thread once per message.
-                std::thread::sleep(GATHER);
-                while self.pending.len() < MAX_BATCH {
-                    match self.requests.try_recv() {
-                        Ok(request) => self.take(request),
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
-                    }
-                }
-            }
-            self.write_pending();
-            if self.last_prune.elapsed() >= PRUNE_EVERY && !self.failing.load(Ordering::Relaxed) {
-                self.prune();
-            }
-            if !open {
-                break;
-            }
-        }
-        // The queue closed: the server is stopping. Write what is left, then bring the
-        // reservations back to the last seq given, so the next start goes on without a gap.
-        while let Ok(request) = self.requests.try_recv() {
-            self.take(request);
-        }
-        self.write_pending();
-        if self.pending.is_empty() {
-            self.release_reservations().is_ok()
-        } else {
-            tracing::error!(
-                unwritten = self.pending.len(),
-                "stopping with changes the store could not write"
-            );
-            false
-        }
+impl Batches for SqliteBatches {
+    fn write(
+        &mut self,
+        changes: &[Change],
+        reservations: &[(&'static str, u64)],
+    ) -> anyhow::Result<()> {
+        Ok(write_batch(&mut self.connection, changes, reservations)?)
     }
 
-    fn take(&mut self, request: Request) {
-        match request {
-            Request::Flush(done) => self.flushes.push(done),
-            Request::Change(change) => {
-                if let Change::Message(message) | Change::Delivered { message: Some(message), .. } =
-                    &change
-                    && let Some(name) = message.channel.store_key()
-                {
-                    let seen = self.seen.entry(name).or_default();
-                    *seen = (*seen).max(message.seq);
-                }
-                self.pending.push(change);
-            }
-        }
+    fn prune(&mut self, name: &str, keep: usize) -> anyhow::Result<()> {
+        delete_older(&self.connection, name, keep as i64)?;
+        Ok(())
     }
 
-    /// Writes the pending changes in one transaction; on failure keeps them for the retry.
-    fn write_pending(&mut self) {
-        if self.pending.is_empty() && self.flushes.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        let result =
-            write_batch(&mut self.connection, &self.pending, &self.seen, &mut self.reserved);
-        if let Some(histogram) = &self.options.write_seconds {
-            histogram.observe(started.elapsed().as_secs_f64());
-        }
-        match result {
-            Ok(()) => {
-                self.queued.fetch_sub(self.pending.len(), Ordering::Relaxed);
-                let dropped = self.dropped.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    tracing::error!(
-                        dropped,
-                        "messages were delivered but not kept: the store's backlog was full"
-                    );
-                }
-                for change in self.pending.drain(..) {
-                    if let Change::Firing { written, .. } = change {
-                        self.acks.push(written);
-                    }
-                }
-                for ack in self.acks.drain(..) {
-                    let _ = ack.send(true);
-                }
-                for flush in self.flushes.drain(..) {
-                    let _ = flush.send(true);
-                }
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("the store is writing again");
-                    self.last_failure_log = None;
-                }
-            }
-            Err(error) => {
-                self.failing.store(true, Ordering::Relaxed);
-                let now = Instant::now();
-                if self.last_failure_log.is_none_or(|at| now - at >= LOG_FAILURE_EVERY) {
-                    self.last_failure_log = Some(now);
-                    tracing::error!(
-                        path = %self.options.path.display(),
-                        %error,
-                        waiting = self.pending.len(),
-                        dropped = self.dropped.swap(0, Ordering::Relaxed),
-                        "the store cannot write; retrying every second (chat goes on)"
-                    );
-                }
-                // Whoever waits for a schedule's mark goes on: a failing disk must not stop
-                // schedules (see the scheduler).
-                for change in &mut self.pending {
-                    if let Change::Firing { written, .. } = change {
-                        let (replaced, _) = oneshot::channel();
-                        let _ = std::mem::replace(written, replaced).send(false);
-                    }
-                }
-                for flush in self.flushes.drain(..) {
-                    let _ = flush.send(false);
-                }
-            }
-        }
-    }
-
-    /// Deletes all but the newest `--history-keep` messages of each channel written to.
-    fn prune(&mut self) {
-        self.last_prune = Instant::now();
-        let keep = self.options.keep as i64;
-        let names: Vec<&'static str> = self.seen.keys().copied().collect();
-        for name in names {
-            if let Err(error) = delete_older(&self.connection, name, keep) {
-                tracing::debug!(%error, "pruning old messages failed; will try again");
-            }
-        }
-    }
-
-    fn release_reservations(&mut self) -> rusqlite::Result<()> {
-        let transaction = self.connection.transaction()?;
-        for (name, seen) in &self.seen {
-            transaction.execute(
-                "INSERT INTO channels (name, reserved) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET reserved = excluded.reserved",
-                params![name, *seen as i64],
-            )?;
-        }
-        transaction.commit()?;
+    fn release(&mut self, last_given: &[(&'static str, u64)]) -> anyhow::Result<()> {
+        write_batch(&mut self.connection, &[], last_given)?;
         self.connection.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
         Ok(())
+    }
+
+    fn place(&self) -> String {
+        self.place.clone()
     }
 }
 
@@ -915,12 +644,11 @@ fn insert_messages(
     Ok(())
 }
 
-/// One transaction: every change, then any reservation that must move ahead.
+/// One transaction: every change, then the reservations that move ahead.
 fn write_batch(
     connection: &mut Connection,
     changes: &[Change],
-    seen: &HashMap<&'static str, u64>,
-    reserved: &mut HashMap<&'static str, u64>,
+    reservations: &[(&'static str, u64)],
 ) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     {
@@ -972,24 +700,15 @@ fn write_batch(
             }
         }
         insert_messages(&transaction, &messages)?;
-        for (name, &seen) in seen {
-            let current = reserved.get(name).copied().unwrap_or(0);
-            if seen + SEQ_RESERVE / 2 > current {
-                transaction.execute(
-                    "INSERT INTO channels (name, reserved) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET reserved = excluded.reserved",
-                    params![name, (seen + SEQ_RESERVE) as i64],
-                )?;
-            }
+        for (name, reserved) in reservations {
+            transaction.execute(
+                "INSERT INTO channels (name, reserved) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET reserved = excluded.reserved",
+                params![name, *reserved as i64],
+            )?;
         }
     }
     transaction.commit()?;
-    for (name, &seen) in seen {
-        let current = reserved.entry(name).or_default();
-        if seen + SEQ_RESERVE / 2 > *current {
-            *current = seen + SEQ_RESERVE;
-        }
-    }
     Ok(())
 }
 
@@ -1001,32 +720,14 @@ pub fn database_path(argument: &str) -> Option<&Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AccountStore, Store};
+    use crate::store::{AccountStore, Store, store_checks};
 
     fn open(path: &Path) -> SqliteStore {
         let options = SqliteOptions {
             path: path.to_path_buf(),
-            keep: 100,
-            backlog: 1000,
-            write_seconds: None,
+            writer: WriterOptions { keep: 100, backlog: 1000, write_seconds: None },
         };
         SqliteStore::open(options).unwrap()
-    }
-
-    fn message(seq: u64, text: &str) -> Change {
-        let body = Body::Text(text.into());
-        Change::Message(Arc::new(ChatMessage::new(Channel::Feed, seq, "a".into(), body, 7, false)))
-    }
-
-    fn schedule(id: u64) -> StoredSchedule {
-        let body = Body::Text(format!("s{id}"));
-        StoredSchedule {
-            id,
-            due_ms: 1_000 * id as i64,
-            channel: Channel::Feed,
-            author: "a".into(),
-            body,
-        }
     }
 
     #[test]
@@ -1040,110 +741,36 @@ mod tests {
         assert_eq!((ada.id.len(), ada.name.as_str()), (32, "Ada Lovelace"));
     }
 
-    #[test]
-    fn messages_and_seqs_survive_a_clean_close() {
+    /// Each check on a new file of its own; `open` opens it again as a restart would.
+    fn check(run: impl FnOnce(&dyn Fn() -> Box<dyn Store>)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        let store = open(&path);
-        let loaded = store.load(10).unwrap();
-        assert_eq!(loaded.channels[0].1, 1, "a new file starts at seq 1");
-        for seq in 1..=3 {
-            store.record(message(seq, &format!("m{seq}")));
-        }
-        assert!(store.close(Duration::from_secs(5)));
-        let store = open(&path);
-        let loaded = store.load(2).unwrap();
-        let (channel, next, recent) = &loaded.channels[0];
-        assert_eq!((*channel, *next), (Channel::Feed, 4), "no gap after a clean close");
-        assert_eq!(recent.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
-        assert_eq!(recent[1].body, Body::Text("m3".into()));
-        let page = store.page(Channel::Feed, 3, 10).unwrap();
-        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
+        run(&|| Box::new(open(&path)));
+    }
+
+    #[test]
+    fn messages_and_seqs_survive_a_clean_close() {
+        check(store_checks::messages_and_seqs_survive_a_clean_close);
     }
 
     #[test]
     fn a_deleted_message_stays_deleted_and_its_seq_is_not_given_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = open(&path);
-        store.load(10).unwrap();
-        for seq in 1..=3 {
-            store.record(message(seq, &format!("m{seq}")));
-        }
-        // In the same batch as the message it takes back, and after it was written.
-        store.record(Change::Deleted { channel: Channel::Feed, seq: 3 });
-        assert!(store.flush(Duration::from_secs(5)));
-        store.record(Change::Deleted { channel: Channel::Feed, seq: 1 });
-        assert!(store.close(Duration::from_secs(5)));
-        let store = open(&path);
-        let loaded = store.load(10).unwrap();
-        let (_, next, recent) = &loaded.channels[0];
-        assert_eq!(*next, 4);
-        assert_eq!(recent.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
-        assert_eq!(store.page(Channel::Feed, 4, 10).unwrap().len(), 1);
+        check(store_checks::a_deleted_message_stays_deleted_and_its_seq_is_not_given_again);
     }
 
     #[test]
     fn one_message_is_found_by_its_channel_and_seq_once_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("c.db"));
-        store.load(10).unwrap();
-        for seq in 1..=3 {
-            store.record(message(seq, &format!("m{seq}")));
-        }
-        assert!(store.flush(Duration::from_secs(5)));
-        let found = store.message(Channel::Feed, 2).unwrap().expect("written");
-        assert_eq!((found.seq, &*found.author.id, found.body), (2, "a", Body::Text("m2".into())));
-        assert!(store.message(Channel::Feed, 4).unwrap().is_none(), "never said");
-        assert!(store.message(Channel::named("x"), 2).unwrap().is_none(), "another channel");
-        assert!(store.message(Channel::Room(1), 2).unwrap().is_none(), "rooms are not kept");
-        store.record(Change::Deleted { channel: Channel::Feed, seq: 2 });
-        assert!(store.flush(Duration::from_secs(5)));
-        assert!(store.message(Channel::Feed, 2).unwrap().is_none(), "deleted");
+        check(store_checks::one_message_is_found_by_its_channel_and_seq_once_written);
     }
 
     #[test]
     fn after_a_crash_seqs_go_on_past_the_reservation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = open(&path);
-        store.load(10).unwrap();
-        store.record(message(1, "m1"));
-        assert!(store.flush(Duration::from_secs(5)));
-        // No clean close: the process "dies" with its reservation still ahead (and its lock
-        // goes, as a dead process's does).
-        store.lock.lock().unwrap().take();
-        std::mem::forget(store);
-        let loaded = open(&path).load(10).unwrap();
-        assert_eq!(loaded.channels[0].1, 2 + SEQ_RESERVE);
-        assert_eq!(loaded.channels[0].2.len(), 1);
+        check(store_checks::after_a_crash_seqs_go_on_past_the_reservation);
     }
 
     #[test]
     fn a_schedule_is_kept_until_delivered_and_an_interrupted_one_is_settled() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = open(&path);
-        store.load(10).unwrap();
-        for id in 1..=3 {
-            store.record(Change::Schedule(schedule(id)));
-        }
-        let (written, marked) = oneshot::channel();
-        store.record(Change::Firing { id: 2, written });
-        store.record(Change::Firing { id: 3, written: oneshot::channel().0 });
-        store.record(Change::Delivered { id: 3, message: None });
-        assert!(store.flush(Duration::from_secs(5)));
-        assert_eq!(marked.blocking_recv(), Ok(true));
-        assert!(store.close(Duration::from_secs(5)));
-        let store = open(&path);
-        let loaded = store.load(10).unwrap();
-        assert_eq!(loaded.schedules.iter().map(|s| s.id).collect::<Vec<_>>(), [1]);
-        assert_eq!(loaded.interrupted.iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
-        assert!(store.close(Duration::from_secs(5)));
-        // Settled: not interrupted a second time.
-        let loaded = open(&path).load(10).unwrap();
-        assert!(loaded.interrupted.is_empty());
-        assert_eq!(loaded.schedules.len(), 1);
+        check(store_checks::a_schedule_is_kept_until_delivered_and_an_interrupted_one_is_settled);
     }
 
     #[test]
@@ -1153,7 +780,7 @@ mod tests {
         let store = open(&path);
         store.load(10).unwrap();
         for seq in 1..=20 {
-            store.record(message(seq, "x"));
+            store.record(store_checks::message(seq, "x"));
         }
         assert!(store.close(Duration::from_secs(5)));
         let connection = Connection::open(&path).unwrap();
@@ -1174,9 +801,7 @@ mod tests {
         .unwrap();
         let options = |path: &Path| SqliteOptions {
             path: path.to_path_buf(),
-            keep: 1,
-            backlog: 1,
-            write_seconds: None,
+            writer: WriterOptions { keep: 1, backlog: 1, write_seconds: None },
         };
         assert!(matches!(SqliteStore::open(options(&text)), Err(OpenError::Foreign { .. })));
         let newer = dir.path().join("newer.db");

@@ -182,6 +182,13 @@ pub trait Store: AccountStore + Send + Sync {
     }
 
     fn health(&self) -> StoreHealth;
+
+    /// Lets go of the store as a process that crashed would: nothing more is written and no
+    /// reservation is brought back. For the tests of what a crash leaves behind.
+    #[cfg(test)]
+    fn abandon(self: Box<Self>) {
+        std::mem::forget(self);
+    }
 }
 
 /// `--database memory`: history for as long as the process runs, `--history-keep` per channel.
@@ -432,6 +439,137 @@ pub(crate) fn check_account_store(store: &dyn AccountStore) {
     store.create_room(&room).unwrap();
     assert!(matches!(store.create_room(&room), Err(CreateAccountError::Taken)));
     assert_eq!(store.rooms().unwrap(), [room]);
+}
+
+/// What every [`Store`] that keeps messages on disk must do; each implementation's tests run
+/// these, each with an `open` that opens a new database of its own again, as a restart would.
+#[cfg(test)]
+pub(crate) mod store_checks {
+    use super::*;
+    use crate::writer::SEQ_RESERVE;
+
+    pub(crate) fn message(seq: u64, text: &str) -> Change {
+        let body = Body::Text(text.into());
+        Change::Message(Arc::new(ChatMessage::new(Channel::Feed, seq, "a".into(), body, 7, false)))
+    }
+
+    fn schedule(id: u64) -> StoredSchedule {
+        let body = Body::Text(format!("s{id}"));
+        StoredSchedule {
+            id,
+            due_ms: 1_000 * id as i64,
+            channel: Channel::Feed,
+            author: Author { id: "a".into(), name: Some("Ada".into()) },
+            body,
+        }
+    }
+
+    fn seqs(messages: &[ChatMessage]) -> Vec<u64> {
+        messages.iter().map(|message| message.seq).collect()
+    }
+
+    pub(crate) fn messages_and_seqs_survive_a_clean_close(open: &dyn Fn() -> Box<dyn Store>) {
+        let store = open();
+        let loaded = store.load(10).unwrap();
+        assert_eq!(loaded.channels[0].1, 1, "a new database starts at seq 1");
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+        assert!(store.close(Duration::from_secs(5)));
+        let store = open();
+        let loaded = store.load(2).unwrap();
+        let (channel, next, recent) = &loaded.channels[0];
+        assert_eq!((*channel, *next), (Channel::Feed, 4), "no gap after a clean close");
+        assert_eq!(seqs(recent), [2, 3]);
+        assert_eq!(recent[1].body, Body::Text("m3".into()));
+        assert_eq!((recent[1].at_ms, recent[1].late, &*recent[1].author.id), (7, false, "a"));
+        assert_eq!(seqs(&store.page(Channel::Feed, 3, 10).unwrap()), [1, 2]);
+        assert_eq!(seqs(&store.page(Channel::Feed, 4, 1).unwrap()), [3]);
+        assert!(store.page(Channel::Room(1), 4, 10).unwrap().is_empty());
+    }
+
+    pub(crate) fn a_deleted_message_stays_deleted_and_its_seq_is_not_given_again(
+        open: &dyn Fn() -> Box<dyn Store>,
+    ) {
+        let store = open();
+        store.load(10).unwrap();
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+        // In the same batch as the message it takes back, and after it was written.
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 3 });
+        assert!(store.flush(Duration::from_secs(5)));
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 1 });
+        assert!(store.close(Duration::from_secs(5)));
+        let store = open();
+        let loaded = store.load(10).unwrap();
+        let (_, next, recent) = &loaded.channels[0];
+        assert_eq!(*next, 4);
+        assert_eq!(seqs(recent), [2]);
+        assert_eq!(store.page(Channel::Feed, 4, 10).unwrap().len(), 1);
+    }
+
+    pub(crate) fn one_message_is_found_by_its_channel_and_seq_once_written(
+        open: &dyn Fn() -> Box<dyn Store>,
+    ) {
+        let store = open();
+        store.load(10).unwrap();
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+        assert!(store.flush(Duration::from_secs(5)));
+        let found = store.message(Channel::Feed, 2).unwrap().expect("written");
+        assert_eq!((found.seq, &*found.author.id, found.body), (2, "a", Body::Text("m2".into())));
+        assert!(store.message(Channel::Feed, 4).unwrap().is_none(), "never said");
+        assert!(store.message(Channel::named("x"), 2).unwrap().is_none(), "another channel");
+        assert!(store.message(Channel::Room(1), 2).unwrap().is_none(), "rooms are not kept");
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 2 });
+        assert!(store.flush(Duration::from_secs(5)));
+        assert!(store.message(Channel::Feed, 2).unwrap().is_none(), "deleted");
+    }
+
+    pub(crate) fn after_a_crash_seqs_go_on_past_the_reservation(open: &dyn Fn() -> Box<dyn Store>) {
+        let store = open();
+        store.load(10).unwrap();
+        store.record(message(1, "m1"));
+        assert!(store.flush(Duration::from_secs(5)));
+        // No clean close: the process "dies" with its reservation still ahead.
+        store.abandon();
+        let loaded = open().load(10).unwrap();
+        assert_eq!(loaded.channels[0].1, 2 + SEQ_RESERVE);
+        assert_eq!(loaded.channels[0].2.len(), 1);
+    }
+
+    pub(crate) fn a_schedule_is_kept_until_delivered_and_an_interrupted_one_is_settled(
+        open: &dyn Fn() -> Box<dyn Store>,
+    ) {
+        let store = open();
+        store.load(10).unwrap();
+        for id in 1..=3 {
+            store.record(Change::Schedule(schedule(id)));
+        }
+        let (written, marked) = oneshot::channel();
+        store.record(Change::Firing { id: 2, written });
+        store.record(Change::Firing { id: 3, written: oneshot::channel().0 });
+        store.record(Change::Delivered { id: 3, message: None });
+        assert!(store.flush(Duration::from_secs(5)));
+        assert_eq!(marked.blocking_recv(), Ok(true));
+        assert!(store.close(Duration::from_secs(5)));
+        let store = open();
+        let loaded = store.load(10).unwrap();
+        assert_eq!(loaded.schedules.iter().map(|s| s.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(loaded.schedules[0].author, schedule(1).author);
+        assert_eq!(
+            (loaded.schedules[0].due_ms, &loaded.schedules[0].body),
+            (1_000, &schedule(1).body)
+        );
+        assert_eq!(loaded.interrupted.iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
+        assert!(store.close(Duration::from_secs(5)));
+        // Settled: not interrupted a second time.
+        let loaded = open().load(10).unwrap();
+        assert!(loaded.interrupted.is_empty());
+        assert_eq!(loaded.schedules.len(), 1);
+    }
 }
 
 #[cfg(test)]

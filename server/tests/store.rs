@@ -1,7 +1,9 @@
 //! A chat that remembers, tested with real processes: the store survives SIGTERM and
 //! `kill -9`, history and resume give exactly what was missed, schedules survive restarts and
 //! fire once, a file the server does not understand is refused and left untouched, and a disk
-//! that fails at run time does not stop the chat.
+//! that fails at run time does not stop the chat. The durability tests run on SQLite and again
+//! on PostgreSQL (`CHATTERBOX_TEST_POSTGRES`, see tests/common/databases.rs; postgres.rs has
+//! PostgreSQL's own).
 
 mod common;
 
@@ -11,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use client::Connection;
 use client::message::text;
-use common::{database_in, health, recv_json, start_with, terminate, wait_health};
+use common::databases::TestDatabase;
+use common::{database_in, health, recv_json, start_on, start_with, terminate, wait_health};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 
@@ -50,17 +53,31 @@ async fn say(url: &str, reader: &mut Connection, say: &[&str]) -> Result<Vec<Val
     Ok(frames)
 }
 
+/// A SQLite file in `dir`, as `--database` names it.
+fn sqlite_in(dir: &tempfile::TempDir) -> Result<String> {
+    Ok(database_in(dir).to_str().context("a UTF-8 path")?.to_owned())
+}
+
 #[tokio::test]
 async fn after_sigterm_and_a_restart_the_history_has_the_same_seqs() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = database_in(&dir);
-    let mut server = start_with(&path, 0, &[]).await?;
+    history_survives_sigterm(&sqlite_in(&dir)?).await
+}
+
+#[tokio::test]
+async fn on_postgres_after_sigterm_and_a_restart_the_history_has_the_same_seqs() -> Result<()> {
+    let Some(database) = TestDatabase::create()? else { return Ok(()) };
+    history_survives_sigterm(database.url()).await
+}
+
+async fn history_survives_sigterm(database: &str) -> Result<()> {
+    let mut server = start_on(database, 0, &[]).await?;
     let (mut reader, _) = Connection::join(&server.ws_url()).await?;
     let live = say(&server.ws_url(), &mut reader, &["one", "two", "three"]).await?;
     assert_eq!(seqs(&live), [1, 2, 3]);
     terminate(&mut server).await?;
 
-    let server = start_with(&path, 0, &[]).await?;
+    let server = start_on(database, 0, &[]).await?;
     let (mut newcomer, history) = connect_and_read(&server.ws_url(), 3).await?;
     assert_eq!(seqs(&history), [1, 2, 3]);
     assert_eq!(texts(&history), ["one", "two", "three"]);
@@ -179,16 +196,25 @@ async fn resume_gives_exactly_what_was_missed_also_across_a_restart() -> Result<
 #[tokio::test]
 async fn earlier_pages_come_from_memory_and_from_the_store() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = database_in(&dir);
+    earlier_pages(&sqlite_in(&dir)?).await
+}
+
+#[tokio::test]
+async fn on_postgres_earlier_pages_come_from_memory_and_from_the_store() -> Result<()> {
+    let Some(database) = TestDatabase::create()? else { return Ok(()) };
+    earlier_pages(database.url()).await
+}
+
+async fn earlier_pages(database: &str) -> Result<()> {
     // The server remembers only the newest 3 in memory (`--history 3 --resume-max 3`).
     let args = ["--history", "3", "--resume-max", "3", "--message-rate", "0"];
-    let mut server = start_with(&path, 0, &args).await?;
+    let mut server = start_on(database, 0, &args).await?;
     let (mut reader, _) = Connection::join(&server.ws_url()).await?;
     let lines: Vec<String> = (1..=10).map(|n| format!("m{n}")).collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     say(&server.ws_url(), &mut reader, &lines).await?;
     terminate(&mut server).await?;
-    let server = start_with(&path, 0, &args).await?;
+    let server = start_on(database, 0, &args).await?;
     let (mut conn, history) = connect_and_read(&server.ws_url(), 3).await?;
     assert_eq!(seqs(&history), [8, 9, 10]);
     for (before, limit, expected, more) in
@@ -215,8 +241,17 @@ async fn earlier_pages_come_from_memory_and_from_the_store() -> Result<()> {
 #[tokio::test]
 async fn a_schedule_survives_a_restart_and_fires_once_at_its_time() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = database_in(&dir);
-    let mut server = start_with(&path, 0, &[]).await?;
+    schedule_survives_restart(&sqlite_in(&dir)?).await
+}
+
+#[tokio::test]
+async fn on_postgres_a_schedule_survives_a_restart_and_fires_once_at_its_time() -> Result<()> {
+    let Some(database) = TestDatabase::create()? else { return Ok(()) };
+    schedule_survives_restart(database.url()).await
+}
+
+async fn schedule_survives_restart(database: &str) -> Result<()> {
+    let mut server = start_on(database, 0, &[]).await?;
     let (mut sender, _) = Connection::join(&server.ws_url()).await?;
     sender.send_json(&text("/schedule seconds 4 message remember me")).await?;
     wait_health(&server, |h| h["scheduled"] == 1).await?;
@@ -224,7 +259,7 @@ async fn a_schedule_survives_a_restart_and_fires_once_at_its_time() -> Result<()
     sender.close().await?; // so that the stop does not wait for it
     terminate(&mut server).await?;
 
-    let mut server = start_with(&path, 0, &[]).await?;
+    let mut server = start_on(database, 0, &[]).await?;
     assert_eq!(health(&server).await?["scheduled"], 1);
     let (mut reader, _) = Connection::join(&server.ws_url()).await?;
     let frame = recv_json(&mut reader).await?;
@@ -235,7 +270,7 @@ async fn a_schedule_survives_a_restart_and_fires_once_at_its_time() -> Result<()
     terminate(&mut server).await?;
 
     // Delivered is delivered: not again after another restart, and in the history once.
-    let server = start_with(&path, 0, &[]).await?;
+    let server = start_on(database, 0, &[]).await?;
     assert_eq!(health(&server).await?["scheduled"], 0);
     let (mut conn, history) = connect_and_read(&server.ws_url(), 1).await?;
     assert_eq!(texts(&history), ["remember me"]);
@@ -273,9 +308,19 @@ async fn an_overdue_schedule_fires_once_at_start_marked_late() -> Result<()> {
 #[tokio::test]
 async fn after_kill_9_what_was_received_100_ms_before_is_kept_and_no_seq_is_reused() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = database_in(&dir);
+    kill_9_keeps_what_was_received(&sqlite_in(&dir)?).await
+}
+
+#[tokio::test]
+async fn on_postgres_after_kill_9_what_was_received_100_ms_before_is_kept_and_no_seq_is_reused()
+-> Result<()> {
+    let Some(database) = TestDatabase::create()? else { return Ok(()) };
+    kill_9_keeps_what_was_received(database.url()).await
+}
+
+async fn kill_9_keeps_what_was_received(database: &str) -> Result<()> {
     let args = ["--message-rate", "0", "--history", "1000"];
-    let server = start_with(&path, 0, &args).await?;
+    let server = start_on(database, 0, &args).await?;
     let url = server.ws_url();
     let (mut reader, _) = Connection::join(&url).await?;
     let (mut sender, _) = Connection::join(&url).await?;
@@ -295,7 +340,7 @@ async fn after_kill_9_what_was_received_100_ms_before_is_kept_and_no_seq_is_reus
     let highest_seen = seqs(&received).into_iter().max().unwrap_or(0);
     server.stop().await?; // SIGKILL
 
-    let server = start_with(&path, 0, &args).await?;
+    let server = start_on(database, 0, &args).await?;
     let (mut conn, _) = Connection::join(&format!("{}?after=0", server.ws_url())).await?;
     let mut kept = Vec::new();
     while let Ok(frame) = timeout(Duration::from_millis(500), recv_json(&mut conn)).await {
@@ -312,22 +357,9 @@ async fn after_kill_9_what_was_received_100_ms_before_is_kept_and_no_seq_is_reus
     Ok(())
 }
 
-/// Runs the server binary on `path` expecting a refusal: exit status, and stderr. A server
-/// that does not exit within 10 s started after all: it is killed and that is an error.
+/// Runs the server binary on `path` expecting a refusal: exit status, and stderr.
 async fn refused(path: &Path) -> Result<(std::process::ExitStatus, String)> {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--database", path.to_str().context("a UTF-8 path")?, "--port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let Ok(output) = timeout(Duration::from_secs(10), child.wait_with_output()).await else {
-        bail!("the server on {} did not refuse the file: it started", path.display());
-    };
-    let output = output?;
-    Ok((output.status, String::from_utf8_lossy(&output.stderr).into_owned()))
+    common::refused(path.to_str().context("a UTF-8 path")?).await
 }
 
 #[tokio::test]

@@ -2,8 +2,9 @@
 //!
 //! The default comparison is lesson05 against the finished server; `--store` compares the
 //! server's SQLite store against `--database memory`, a feed's history on join against none,
-//! and start-up on a large stored feed against a small one; `--cluster` compares one node
-//! against two on PostgreSQL and Redis (see cluster.rs). Each configuration names its two
+//! and start-up on a large stored feed against a small one, and with `--postgres` SQLite against
+//! PostgreSQL; `--cluster` compares one node against two on PostgreSQL and Redis (see
+//! cluster.rs; services.rs has what both do with PostgreSQL). Each configuration names its two
 //! columns: which program, on which database, with which `--history`.
 //!
 //! Each run starts a fresh server process (so memory readings start clean), runs one
@@ -15,22 +16,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{ArgGroup, Args};
 use client::RunningServer;
 
-use crate::cluster::{self, Cluster};
+use crate::cluster::Cluster;
 use crate::fanout::{self, Fanout, FanoutReport, Pace};
 use crate::feed::{Prefills, database_arguments, fill, stop_cleanly};
 use crate::idle::{self, Idle, IdleReport};
+use crate::services::{Postgres, Services};
 use crate::start::{self, Join, StartReport};
 
 #[derive(Args)]
+// `--postgres` and `--postgres-setting` mean something with one of these.
+#[command(group(ArgGroup::new("mode").args(["store", "cluster"])))]
 pub struct CompareArgs {
     /// Runs of each configuration against each column.
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Only these configurations, comma-separated: F1,F2,F3,I1,L1,I2 (with --store:
-    /// F1,F2,F3,I1h,S1).
+    /// F1,F2,F3,I1h,S1, and F1p,F2p,F3p with --postgres; with --cluster: F1,F2,F3,L1,I1).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Use target/release/{lesson05,server} as they are, without running cargo build.
@@ -58,8 +62,10 @@ pub struct CompareArgs {
     /// Redis, the clients split evenly over them (see --postgres and --redis).
     #[arg(long, conflicts_with_all = ["baseline", "baseline_args", "store"])]
     cluster: bool,
+    /// `--postgres` (with --store: F1p–F3p, SQLite against PostgreSQL; with --cluster: the
+    /// nodes' database), `--redis` and `--postgres-setting`.
     #[command(flatten)]
-    services: cluster::Services,
+    services: Services,
 }
 
 /// The programs under test.
@@ -91,6 +97,8 @@ enum Database {
     /// The SQLite file filled with this many feed messages once per `compare`, before the
     /// runs; every run starts on it and stops cleanly, so the next run finds it as it was.
     Prefilled(u32),
+    /// A fresh PostgreSQL database on the server `--postgres` reaches, dropped after the run.
+    Postgres,
     /// This many nodes on one fresh PostgreSQL database per run, sharing Redis (`--cluster`).
     Cluster(usize),
 }
@@ -115,6 +123,11 @@ impl Column {
             Program::Lesson05 => 0,
             Program::Server => self.history.unwrap_or(DEFAULT_HISTORY).min(feed as usize),
         }
+    }
+
+    /// Whether its server runs on a fresh PostgreSQL database of `--postgres` (F1p–F3p).
+    fn on_postgres(&self) -> bool {
+        self.database == Database::Postgres
     }
 
     /// Messages in the feed when the server starts.
@@ -142,6 +155,8 @@ const LESSON05: Column = Column {
 const SERVER: Column = server("server", Database::Unset, None);
 const MEMORY: Column = server("memory", Database::Memory, None);
 const SQLITE: Column = server("SQLite", Database::Fresh, None);
+/// Its server CPU includes PostgreSQL's backends for the server's connections.
+const POSTGRES: Column = server("PostgreSQL (+ backends)", Database::Postgres, None);
 const HISTORY_0: Column = server("--history 0", Database::Fresh, Some(0));
 const HISTORY_50: Column = server("--history 50", Database::Fresh, Some(DEFAULT_HISTORY));
 const STORED_1K: Column = server("1,000 stored", Database::Prefilled(1000), None);
@@ -230,6 +245,9 @@ const STORE_CONFIGURATIONS: &[Configuration] = &[
         Workload::Idle { clients: 5000, prefill: 50 },
         [HISTORY_0, HISTORY_50],
     ),
+    configuration("F1p", F1_TEXT, F1, [SQLITE, POSTGRES]),
+    configuration("F2p", F2_TEXT, F2, [SQLITE, POSTGRES]),
+    configuration("F3p", F3_TEXT, F3, [SQLITE, POSTGRES]),
     configuration(
         "S1",
         "start on a SQLite file of 1,000 / 1,000,000 feed messages (filled once, through the \
@@ -327,6 +345,10 @@ pub async fn run(args: CompareArgs) -> Result<()> {
         .filter(|(_, c)| {
             args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(c.name))
         })
+        // The PostgreSQL columns run only when there is a PostgreSQL to run them on.
+        .filter(|(_, c)| {
+            args.services.postgres_given().is_some() || !c.columns.iter().any(Column::on_postgres)
+        })
         .map(|(index, _)| index)
         .collect();
     if selected.is_empty() {
@@ -370,6 +392,11 @@ pub async fn run(args: CompareArgs) -> Result<()> {
         true => Some(Cluster::connect(&args.services).await.context("--cluster")?),
         false => None,
     };
+    let on_postgres = |&index: &usize| all[index].columns.iter().any(Column::on_postgres);
+    let postgres = match selected.iter().any(on_postgres) {
+        true => args.services.given_postgres().await.context("--postgres")?,
+        false => None,
+    };
 
     let mut results = Results { runs: Vec::new() };
     for &index in &selected {
@@ -394,8 +421,11 @@ pub async fn run(args: CompareArgs) -> Result<()> {
                         .unwrap_or_else(|error| Outcome::Failed(format!("{error:#}"))),
                     (Database::Cluster(_), None) => Outcome::Failed("needs --cluster".into()),
                     _ => {
-                        let workload = configuration.workload;
-                        run_once(&binary, arguments, column, &prefills, workload, deadline).await
+                        let (workload, postgres) = (configuration.workload, postgres.as_ref());
+                        run_once(
+                            &binary, arguments, column, &prefills, postgres, workload, deadline,
+                        )
+                        .await
                     }
                 };
                 eprintln!("{}", one_line(&outcome));
@@ -429,8 +459,8 @@ fn command_suffix(args: &CompareArgs) -> String {
     }
     if args.cluster {
         suffix += " --cluster";
-        suffix += &args.services.command_suffix();
     }
+    suffix += &args.services.command_suffix();
     if args.runs != 3 {
         suffix += &format!(" --runs {}", args.runs);
     }
@@ -517,6 +547,7 @@ async fn run_once(
     mut arguments: Vec<String>,
     column: &Column,
     prefills: &Prefills,
+    postgres: Option<&Postgres>,
     workload: Workload,
     deadline: Duration,
 ) -> Outcome {
@@ -524,6 +555,13 @@ async fn run_once(
         // A fresh database lives in its own directory for one run.
         let fresh = match column.database {
             Database::Fresh => Some(tempfile::Builder::new().prefix("chatload-store-").tempdir()?),
+            _ => None,
+        };
+        // So does a PostgreSQL database, dropped after it (or when it fails).
+        let postgres = match column.database {
+            Database::Postgres => {
+                Some(postgres.context("a PostgreSQL column without --postgres")?.fresh_database()?)
+            }
             _ => None,
         };
         match column.database {
@@ -537,6 +575,10 @@ async fn run_once(
             Database::Prefilled(messages) => {
                 arguments.extend(database_arguments(prefills.path(messages)?));
             }
+            Database::Postgres => {
+                let database = postgres.as_ref().context("no PostgreSQL database")?;
+                arguments.extend(["--database".into(), database.url.clone()]);
+            }
             Database::Cluster(_) => bail!("a cluster's nodes are started by Cluster::run_once"),
         }
         let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
@@ -546,7 +588,19 @@ async fn run_once(
         let pid = server.pid().context("the server has already exited")?;
         let target = || LoadTarget { urls: vec![server.ws_url()], server_pids: vec![pid] };
         let outcome = match workload {
-            Workload::Fanout { .. } => load(workload, target(), 0, deadline).await?,
+            Workload::Fanout { .. } => {
+                let load = load(workload, target(), 0, deadline);
+                match &postgres {
+                    Some(database) => {
+                        let (mut outcome, backends) = database.backends_cpu_during(load).await?;
+                        if let Outcome::Fanout(report) = &mut outcome {
+                            count_backends_as_server(report, backends);
+                        }
+                        outcome
+                    }
+                    None => load.await?,
+                }
+            }
             Workload::Idle { prefill, .. } => {
                 if prefill > 0 {
                     fill(&server, prefill, deadline).await?;
@@ -570,6 +624,9 @@ async fn run_once(
         }
         if let Some(directory) = fresh {
             directory.close().context("removing the temporary database failed")?;
+        }
+        if let Some(database) = postgres {
+            database.drop_now()?;
         }
         anyhow::Ok(outcome)
     };
@@ -621,6 +678,18 @@ pub(crate) async fn load(
         }
         Workload::Start { .. } => bail!("start-up is measured on one server started for it"),
     })
+}
+
+/// PostgreSQL does the commits' work in its backends, where SQLite does it in the server:
+/// `seconds` of the backends' CPU are counted with the server's, so that the PostgreSQL
+/// column is what the machine pays for the chat.
+fn count_backends_as_server(report: &mut FanoutReport, seconds: f64) {
+    if let Some(server) = report.server.as_mut() {
+        if server.cpu_seconds > 0.0 {
+            server.cpu_us_per_delivery *= (server.cpu_seconds + seconds) / server.cpu_seconds;
+        }
+        server.cpu_seconds += seconds;
+    }
 }
 
 fn one_line(outcome: &Outcome) -> String {
@@ -1027,6 +1096,17 @@ fn store_targets(all: &[Configuration], results: &Results, selected: &[usize]) -
             );
         }
     }
+    // The PostgreSQL column counts its backends too: what the machine pays for the chat.
+    for name in ["F1p", "F2p", "F3p"] {
+        if let Some(index) = index_of(name) {
+            targets.check(
+                format!("{name}: CPU/delivery, server + PostgreSQL backends <= 1.5x SQLite's"),
+                ratio(cpu(results, index, 0), cpu(results, index, 1)),
+                "x",
+                |r| r <= 1.5,
+            );
+        }
+    }
     if let Some(index) = index_of("I1h") {
         let connect_cpu = |side: usize| {
             median(
@@ -1188,4 +1268,41 @@ pub(crate) fn machine_description() -> String {
         .map(|k| k.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
     format!("Date: {date}\nMachine: {cpus} CPUs ({model}), {memory} memory, Linux {kernel}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        compare: CompareArgs,
+    }
+
+    fn parse(arguments: &[&str]) -> Result<CompareArgs, clap::Error> {
+        Cli::try_parse_from(["compare"].iter().chain(arguments)).map(|cli| cli.compare)
+    }
+
+    #[test]
+    fn one_postgres_option_serves_the_store_and_the_cluster() {
+        Cli::command().debug_assert();
+        let url = "postgres://postgres@127.0.0.1:5432/postgres";
+        let store = parse(&["--store", "--postgres", url, "--only", "F1p"]).unwrap();
+        assert_eq!(store.services.postgres_given(), Some(url));
+        assert_eq!(command_suffix(&store), format!(" --store --postgres {url} --only F1p"));
+        let cluster =
+            parse(&["--cluster", "--postgres-setting", "synchronous_commit=off"]).unwrap();
+        assert_eq!(cluster.services.postgres_given(), None);
+        assert_eq!(
+            command_suffix(&cluster),
+            " --cluster --postgres-setting synchronous_commit=off"
+        );
+        // Without --store or --cluster there is no PostgreSQL run to give them to.
+        assert!(parse(&["--postgres", url]).is_err());
+        assert!(parse(&["--postgres-setting", "synchronous_commit=off"]).is_err());
+        assert!(parse(&["--store", "--cluster"]).is_err());
+    }
 }

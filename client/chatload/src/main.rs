@@ -22,6 +22,7 @@ mod feed;
 mod idle;
 mod process_stats;
 mod rooms;
+mod services;
 mod start;
 
 use std::time::Duration;

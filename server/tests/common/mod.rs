@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses its own part of this
 
 pub mod api;
+pub mod databases;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +19,12 @@ pub async fn start(args: &[&str]) -> Result<RunningServer> {
 
 /// The server on the database at `path`, on `port` (0: a free one), with extra flags.
 pub async fn start_with(path: &Path, port: u16, args: &[&str]) -> Result<RunningServer> {
-    let database = path.to_str().context("a UTF-8 path")?;
+    start_on(path.to_str().context("a UTF-8 path")?, port, args).await
+}
+
+/// The server on `--database DATABASE` (a file, or a PostgreSQL URL), on `port` (0: a free
+/// one), with extra flags.
+pub async fn start_on(database: &str, port: u16, args: &[&str]) -> Result<RunningServer> {
     let mut all = vec!["--database", database];
     all.extend_from_slice(args);
     RunningServer::start_on_port(env!("CARGO_BIN_EXE_server"), &all, port).await
@@ -32,6 +38,26 @@ pub async fn terminate(server: &mut RunningServer) -> Result<()> {
     let exit = server.wait_exit(Duration::from_secs(10)).await?;
     ensure!(exit.success(), "the server exited with {exit:?}");
     Ok(())
+}
+
+/// Runs the server binary on `--database DATABASE` expecting a refusal: exit status, and
+/// stderr. A server that does not exit within 10 s started after all: it is killed, and that
+/// is an error.
+pub async fn refused(database: &str) -> Result<(std::process::ExitStatus, String)> {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--database", database, "--port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await
+    else {
+        bail!("the server on {database} did not refuse it: it started");
+    };
+    let output = output?;
+    Ok((output.status, String::from_utf8_lossy(&output.stderr).into_owned()))
 }
 
 pub fn database_in(dir: &tempfile::TempDir) -> PathBuf {
