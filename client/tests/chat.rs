@@ -668,3 +668,133 @@ async fn with_seqs_a_message_can_be_taken_back_and_others_see_it_go() -> Result<
     assert!(ada.exit().await?.success());
     Ok(())
 }
+
+/// Says `text` in `connection`'s channel and waits for the server's receipt: it is numbered.
+async fn say_numbered(connection: &mut Connection, text: &str) -> Result<u64> {
+    let mut frame = message::text(text);
+    frame["ack"] = json!(true);
+    connection.send_json(&frame).await?;
+    let sent = next_with(connection, "sent").await?;
+    sent["sent"]["seq"].as_u64().context("a seq in the receipt")
+}
+
+#[tokio::test]
+async fn after_a_restart_chat_goes_back_into_its_room_with_what_it_missed_there() -> Result<()> {
+    let database = TempDatabase::new()?;
+    let database = database.path();
+    // A newcomer to the feed gets its newest 5: on the way back into the room they are not
+    // printed.
+    let flags = ["--history", "5"];
+    let server = finished_server(database, 0, &flags).await?;
+    let port = server.port();
+    let cookie = sign_up(&server, "ada", "correct horse").await?;
+    create_room(&server, &cookie, "rust", "").await?;
+    let (mut member, _) = guest_in_room(&server, "rust").await?;
+    let (mut chat, _) = connected_chat(&server).await?;
+    chat.type_line("/join rust").await?;
+    chat.stdout_line("* joined rust").await?;
+    member.send_json(&message::text("before the restart")).await?;
+    chat.stdout_line("before the restart").await?;
+    // Ours comes after the last seq chat saw: the resumed history has it, not to be printed.
+    chat.type_line("mine, before the restart").await?;
+    let mine = next_with(&mut member, "type").await?;
+    assert_eq!(mine["data"]["text"], "mine, before the restart", "{mine}");
+    let last_seen = mine["seq"].as_u64().context("a seq")? - 1;
+    member.close().await?;
+    chat.stdout_line(" left").await?;
+    terminate(server).await?;
+    chat.stderr_line("reconnecting in").await?;
+
+    // While chat cannot reach the server: said in the room, and in the feed.
+    let meanwhile = finished_server(database, 0, &flags).await?;
+    let (mut speaker, speaker_id) = guest_in_room(&meanwhile, "rust").await?;
+    for text in ["missed 1", "missed 2"] {
+        say_numbered(&mut speaker, text).await?;
+    }
+    speaker.close().await?;
+    say_from_elsewhere(&meanwhile, &["in the feed 1", "in the feed 2"]).await?;
+    terminate(meanwhile).await?;
+
+    let server = finished_server(database, port, &flags).await?;
+    let line = chat.stderr_line("reconnected").await?;
+    assert!(line.ends_with(&format!("back into rust, asking for the messages after #{last_seen}")));
+    let back = chat.stdout_lines("* joined rust").await?;
+    assert_eq!(back.len(), 2, "only the id and the room, not the feed: {back:?}");
+    assert_eq!(back[1], "* joined rust: 1 here: me");
+    let (mut other, other_id) = guest_in_room(&server, "rust").await?;
+    other.send_json(&message::text("after the restart")).await?;
+    let (speaker, other) = (&speaker_id[..8], &other_id[..8]);
+    let expected = [
+        format!("(earlier) [{speaker}] missed 1"),
+        format!("(earlier) [{speaker}] missed 2"),
+        format!("* {other} joined"),
+        format!("[{other}] after the restart"),
+    ];
+    assert_eq!(chat.stdout_lines("after the restart").await?, expected);
+    Ok(())
+}
+
+/// `PATCH /api/me` as the account whose session `cookie` is.
+async fn rename(server: &RunningServer, cookie: &str, name: &str) -> Result<()> {
+    let body = json!({"name": name}).to_string();
+    let authority = format!("127.0.0.1:{}", server.port());
+    let headers = [("Cookie", cookie)];
+    let response =
+        client::http::request(&authority, "PATCH", "/api/me", &headers, Some(&body)).await?;
+    anyhow::ensure!(response.status == 200, "renaming answered {}", response.status);
+    Ok(())
+}
+
+#[tokio::test]
+async fn profile_changes_are_shown_and_the_new_name_is_used() -> Result<()> {
+    let server = finished_server("memory", 0, &[]).await?;
+    let ada_cookie = sign_up(&server, "ada", "correct horse").await?;
+    let bob_cookie = sign_up(&server, "bob", "battery staple").await?;
+    let mut chat = chat_as(&server, "ada", "correct horse")?;
+    chat.stdout_line("* logged in as ada").await?;
+    let mut bob = Connection::connect_with_cookie(&server.ws_url(), Some(&bob_cookie)).await?;
+    bob.recv_id().await?;
+    bob.send_json(&message::text("hi from bob")).await?;
+    chat.stdout_line("[bob] hi from bob").await?;
+
+    // Someone else's new name, told live, and used for what follows.
+    rename(&server, &bob_cookie, "Robert").await?;
+    assert_eq!(chat.stdout_line(" is now ").await?, "* bob is now Robert");
+    bob.send_json(&message::text("renamed")).await?;
+    assert_eq!(chat.stdout_line("renamed").await?, "[Robert] renamed");
+
+    // Our own, changed elsewhere (the page, say), and with /name: said once.
+    rename(&server, &ada_cookie, "Countess").await?;
+    assert_eq!(chat.stdout_line("your name").await?, "* your name is now Countess");
+    chat.type_line("/name Ada Lovelace").await?;
+    chat.stdout_line("* your name is now Ada Lovelace").await?;
+    chat.type_line("/who").await?;
+    let lines = chat.stdout_lines(" here: ").await?;
+    assert_eq!(lines.len(), 1, "the profile frame of our /name is not printed again: {lines:?}");
+    chat.type_line("/quit").await?;
+    assert!(chat.exit().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_room_gone_after_a_restart_leaves_chat_in_the_feed() -> Result<()> {
+    // Nothing on disk: after the restart the room is gone.
+    let server = finished_server("memory", 0, &[]).await?;
+    let port = server.port();
+    let cookie = sign_up(&server, "ada", "correct horse").await?;
+    create_room(&server, &cookie, "rust", "").await?;
+    let (mut chat, _) = connected_chat(&server).await?;
+    chat.type_line("/join rust").await?;
+    chat.stdout_line("* joined rust").await?;
+    terminate(server).await?;
+    chat.stderr_line("reconnecting in").await?;
+
+    let server = finished_server("memory", port, &[]).await?;
+    chat.stdout_line("! error: there is no room named \"rust\"").await?;
+    chat.stdout_line("* back in the feed").await?;
+    let (mut feed, _) = Connection::join(&server.ws_url()).await?;
+    chat.type_line("in the feed again").await?;
+    let frame = next_with(&mut feed, "type").await?;
+    assert_eq!(frame["data"]["text"], "in the feed again", "{frame}");
+    Ok(())
+}

@@ -425,7 +425,8 @@ impl Api<'_> {
         account.name = accounts::display_name(&name).map_err(invalid)?;
         let (id, name) = (account.id.clone(), account.name.clone());
         blocking(self.server, move |store| store.set_name(&id, &name)).await?;
-        self.server.accounts.names.set(&account.id, &account.name);
+        let name = self.server.accounts.names.set(&account.id, &account.name);
+        self.server.hub.update_profile(&account.id, name);
         Ok(profile(StatusCode::OK, &account))
     }
 
@@ -445,8 +446,11 @@ impl Api<'_> {
             .map_err(internal)?;
         drop(permit);
         let png = png.map_err(|reason| error(StatusCode::BAD_REQUEST, reason))?;
-        let id = account.id;
+        let id = account.id.clone();
         blocking(self.server, move |store| store.set_avatar(&id, &png)).await?;
+        // Same address, new picture: the frame tells those who show it to fetch it again.
+        let name = self.server.accounts.names.set(&account.id, &account.name);
+        self.server.hub.update_profile(&account.id, name);
         Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
     }
 

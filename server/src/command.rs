@@ -7,15 +7,17 @@
 
 use std::borrow::Borrow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::Server;
 use crate::connections::ClientAddress;
 use crate::frame::Frame;
-use crate::hub::{Catchup, PeerId};
-use crate::message::{Author, Body, ChatMessage};
+use crate::hub::{Catchup, Deletion, PeerId};
+use crate::message::{Author, Body, Channel, ChatMessage};
 use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, ChannelRequest, FrameError, Inbound};
 use crate::scheduler::PendingCount;
+use crate::store::Store;
 
 /// A frame from a client, understood.
 pub struct Command<'a>(Inbound<'a>);
@@ -82,11 +84,11 @@ impl<'a> Command<'a> {
             Inbound::Typing(true) => hub.typing(from.id, from.author),
             Inbound::Typing(false) => {}
             Inbound::Who => return Reply::Frame(hub.who(from.id)),
-            Inbound::Delete(seq) => {
-                if let Err(reason) = hub.delete(from.id, &from.author.id, seq) {
-                    return Reply::Frame(protocol::error_frame(&reason));
-                }
-            }
+            Inbound::Delete(seq) => match hub.delete(from.id, &from.author.id, seq) {
+                Ok(Deletion::Done) => {}
+                Ok(Deletion::InStore(channel)) => delete_stored(from, channel, seq),
+                Err(reason) => return Reply::Frame(protocol::error_frame(&reason)),
+            },
         }
         Reply::None
     }
@@ -122,6 +124,48 @@ fn page(from: &Sender, before: u64, limit: usize) -> Reply {
         let _: Result<(), Full> = outbox.offer(frame);
     });
     Reply::None
+}
+
+/// How long a deletion that did not find its message in the store waits for the store's
+/// writer to catch up before it looks again.
+const STORE_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// `{"delete": SEQ}` of a message older than those the hub holds: its author is read from
+/// the store in a blocking task (never under the hub's lock, never on the session's task),
+/// then the hub takes it back as it does a recent one; a refusal is queued for the sender.
+fn delete_stored(from: &Sender, channel: Channel, seq: u64) {
+    let server = from.server.clone();
+    let outbox = from.outbox.clone();
+    let (id, owner) = (from.id, from.author.id.clone());
+    tokio::task::spawn_blocking(move || {
+        let refusal = match author_in_store(&*server.store, channel, seq) {
+            Ok(author) => {
+                server.hub.delete_stored(id, &owner, channel, seq, author.as_deref()).err()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading a message to take back failed");
+                Some(format!("delete: message {seq} cannot be read right now"))
+            }
+        };
+        if let Some(reason) = refusal {
+            // A client whose queue is full is being dropped as a slow consumer anyway.
+            let _: Result<(), Full> = outbox.offer(protocol::error_frame(&reason));
+        }
+    });
+}
+
+/// The author id of message `seq` of `channel` in the store. A message the hub let go of
+/// just now may not be written yet: when it is not found, the writer is waited for once.
+fn author_in_store(
+    store: &dyn Store,
+    channel: Channel,
+    seq: u64,
+) -> anyhow::Result<Option<Arc<str>>> {
+    if let Some(message) = store.message(channel, seq)? {
+        return Ok(Some(message.author.id));
+    }
+    store.flush(STORE_CATCH_UP);
+    Ok(store.message(channel, seq)?.map(|message| message.author.id))
 }
 
 fn page_frame<M: Borrow<ChatMessage>>(before: u64, messages: &[M], limit: usize) -> Frame {

@@ -59,7 +59,7 @@ pub struct HistoryLimits {
 struct Peer {
     outbox: Arc<Outbox>,
     channel: Channel,
-    /// Who it speaks as (its display name as it was when it connected).
+    /// Who it speaks as (an account's display name kept current by [`Hub::update_profile`]).
     author: Author,
     /// Fired when the hub drops this peer on its own initiative.
     evict: oneshot::Sender<Eviction>,
@@ -73,11 +73,24 @@ struct Log {
     capacity: usize,
     /// Every message the channel has is in `recent` (none was ever let go).
     complete: bool,
+    /// Seqs older than `recent` taken back lately: the store may not have written their
+    /// deletion yet, and must not be believed if it still has them.
+    taken_back: VecDeque<u64>,
 }
+
+/// How many of a channel's older seqs taken back are remembered (see [`Log::taken_back`]):
+/// far more than can be deleted while the store's writer catches up.
+const TAKEN_BACK_KEPT: usize = 1024;
 
 impl Log {
     fn new(next_seq: u64, capacity: usize) -> Log {
-        Log { next_seq, recent: VecDeque::new(), capacity, complete: true }
+        Log {
+            next_seq,
+            recent: VecDeque::new(),
+            capacity,
+            complete: true,
+            taken_back: VecDeque::new(),
+        }
     }
 
     /// A random room's: its newest messages are kept only so that their authors can take them
@@ -153,6 +166,16 @@ pub enum RoomRefused {
     Taken,
     /// A cap; the text says which.
     Full(String),
+}
+
+/// What became of a `{"delete": SEQ}` the hub could look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Taken back, and everyone in the channel told.
+    Done,
+    /// Older than the messages the hub holds, in a channel the store keeps: the store must be
+    /// asked for its author, then [`Hub::delete_stored`] finishes.
+    InStore(Channel),
 }
 
 /// How many are where, for `/healthz`.
@@ -342,37 +365,110 @@ impl Hub {
 
     /// `{"delete": SEQ}` from `from`, whose messages are those whose author id is `owner`:
     /// takes message SEQ of its current channel out of the recent ones and the store, and
-    /// tells everyone in the channel (`from` included). The error is the refusal's text.
-    pub fn delete(&self, from: PeerId, owner: &str, seq: u64) -> Result<(), String> {
+    /// tells everyone in the channel (`from` included). A message older than the recent ones
+    /// of a channel the store keeps is left to the caller to look up there (never under this
+    /// lock). The error is the refusal's text.
+    pub fn delete(&self, from: PeerId, owner: &str, seq: u64) -> Result<Deletion, String> {
         let mut state = self.lock();
-        let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else { return Ok(()) };
-        let unknown = || format!("delete: there is no message {seq} in this channel");
-        let Some(log) = state.logs.get_mut(&channel) else { return Err(unknown()) };
+        let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else {
+            return Ok(Deletion::Done);
+        };
+        let Some(log) = state.logs.get_mut(&channel) else { return Err(unknown_message(seq)) };
         let index = log.recent.partition_point(|message| message.seq < seq);
         match log.recent.get(index) {
             Some(message) if message.seq == seq => {
                 if *message.author.id != *owner {
-                    return Err(format!("delete: message {seq} is not yours"));
+                    return Err(not_yours(seq));
                 }
                 log.recent.remove(index);
             }
             // Before everything kept here, and some were let go: it may be in the store.
             _ if index == 0 && !log.complete && seq > 0 && seq < log.next_seq => {
+                if channel.is_durable() {
+                    return Ok(Deletion::InStore(channel));
+                }
                 return Err(format!(
                     "delete: message {seq} is too old to take back (only the newest {} can be)",
                     log.capacity
                 ));
             }
-            _ => return Err(unknown()),
+            _ => return Err(unknown_message(seq)),
         }
+        self.announce_deletion(&mut state, from, channel, seq);
+        Ok(Deletion::Done)
+    }
+
+    /// Finishes a [`Deletion::InStore`]: `author` is the id of the author of message SEQ of
+    /// `channel` as the store has it (`None`: it has no such message).
+    pub fn delete_stored(
+        &self,
+        from: PeerId,
+        owner: &str,
+        channel: Channel,
+        seq: u64,
+        author: Option<&str>,
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        let Some(log) = state.logs.get_mut(&channel) else { return Err(unknown_message(seq)) };
+        match author {
+            // Taken back already: the store's writer has not caught up yet.
+            _ if log.taken_back.contains(&seq) => return Err(unknown_message(seq)),
+            None => return Err(unknown_message(seq)),
+            Some(author) if author != owner => return Err(not_yours(seq)),
+            Some(_) => {}
+        }
+        if log.taken_back.len() == TAKEN_BACK_KEPT {
+            log.taken_back.pop_front();
+        }
+        log.taken_back.push_back(seq);
+        self.announce_deletion(&mut state, from, channel, seq);
+        Ok(())
+    }
+
+    /// Tells everyone in `channel` that message SEQ is gone (and `from`, if it has moved on
+    /// meanwhile), and the store to forget it.
+    fn announce_deletion(&self, state: &mut State, from: PeerId, channel: Channel, seq: u64) {
         let frame = protocol::deleted_frame(channel.wire_name(), seq);
         let mut evicted = Vec::new();
         state.send_to_channel(channel, None, &frame, &mut evicted);
+        if state.peers.get(&from).is_some_and(|peer| peer.channel != channel) {
+            state.send_to(from, frame, &mut evicted);
+        }
         if channel.is_durable() {
             self.store.record(Change::Deleted { channel, seq });
         }
+        self.evict(state, evicted);
+    }
+
+    /// An account's new display name or picture (`name` is its display name now): each of its
+    /// connections speaks with that name from now on (presence, `who`, typing), and everyone
+    /// in a channel where one of them is, and each of them, is told once with a
+    /// `{"profile"}` frame; in the feed that is everyone there, as a deletion is.
+    pub fn update_profile(&self, id: &str, name: Arc<str>) {
+        let mut state = self.lock();
+        let mut channels = HashSet::new();
+        let mut recipients = HashSet::new();
+        for (&peer_id, peer) in state.peers.iter_mut() {
+            if *peer.author.id == *id {
+                peer.author.name = Some(name.clone());
+                channels.insert(peer.channel);
+                recipients.insert(peer_id);
+            }
+        }
+        for channel in channels {
+            if channel == Channel::Feed {
+                let feed = state.peers.iter().filter(|(_, peer)| peer.channel == Channel::Feed);
+                recipients.extend(feed.map(|(&peer_id, _)| peer_id));
+            } else {
+                recipients.extend(state.members_of(channel));
+            }
+        }
+        let frame = protocol::profile_frame(id, &name);
+        let mut evicted = Vec::new();
+        for peer_id in recipients {
+            state.send_to(peer_id, frame.clone(), &mut evicted);
+        }
         self.evict(&mut state, evicted);
-        Ok(())
     }
 
     /// `{"channel": "random"}`: pairs `id` with someone waiting alone, or opens a room for
@@ -645,6 +741,14 @@ fn catchup_frames(log: &Log, catchup: Catchup, limits: &HistoryLimits) -> Vec<Fr
         .collect()
 }
 
+fn unknown_message(seq: u64) -> String {
+    format!("delete: there is no message {seq} in this channel")
+}
+
+fn not_yours(seq: u64) -> String {
+    format!("delete: message {seq} is not yours")
+}
+
 fn simple(id: Option<PeerId>) -> String {
     id.map(|id| id.simple().to_string()).unwrap_or_default()
 }
@@ -849,10 +953,15 @@ mod tests {
 
     /// A member joined with `catchup`, and its queue.
     fn member(hub: &Hub, catchup: Catchup) -> (PeerId, Arc<Outbox>) {
+        member_as(hub, "x", catchup)
+    }
+
+    /// A member speaking as `author`.
+    fn member_as(hub: &Hub, author: &str, catchup: Catchup) -> (PeerId, Arc<Outbox>) {
         let id = Uuid::new_v4();
         let outbox = Arc::new(Outbox::new(1000));
         let (evict, _) = oneshot::channel();
-        assert!(hub.join(id, Author::from("x"), outbox.clone(), evict, catchup));
+        assert!(hub.join(id, Author::from(author), outbox.clone(), evict, catchup));
         (id, outbox)
     }
 
@@ -945,7 +1054,7 @@ mod tests {
             hub.delete(a, "a", 9),
             Err("delete: there is no message 9 in this channel".into())
         );
-        assert_eq!(hub.delete(a, "a", 1), Ok(()));
+        assert_eq!(hub.delete(a, "a", 1), Ok(Deletion::Done));
         let deleted = serde_json::json!({"deleted": {"channel": "feed", "seq": 1}});
         assert_eq!(frames(&a_frames), std::slice::from_ref(&deleted), "the author is told too");
         assert_eq!(frames(&b_frames), [deleted]);
@@ -959,20 +1068,42 @@ mod tests {
         hub.publish(a, Author::from("a"), Body::Text("psst".into()));
         frames(&a_frames);
         frames(&b_frames);
-        assert_eq!(hub.delete(a, "a", 1), Ok(()));
+        assert_eq!(hub.delete(a, "a", 1), Ok(Deletion::Done));
         let deleted = serde_json::json!({"deleted": {"channel": "random", "seq": 1}});
         assert_eq!(frames(&b_frames), [deleted]);
         assert!(hub.page(Channel::Room(1), 5, 10).unwrap().is_empty(), "no history in a room");
     }
 
     #[test]
-    fn a_message_older_than_those_kept_in_memory_cannot_be_taken_back() {
+    fn a_message_older_than_those_kept_in_memory_is_looked_up_in_the_store_once() {
         let hub = hub(2, 2);
-        let (a, _) = member(&hub, Catchup::Latest);
+        let (a, a_frames) = member(&hub, Catchup::Latest);
         say(&hub, a, 4);
+        assert_eq!(hub.delete(a, "a", 3), Ok(Deletion::Done));
+        assert_eq!(hub.delete(a, "a", 1), Ok(Deletion::InStore(Channel::Feed)));
+        assert_eq!(hub.delete(a, "a", 9), Err(unknown_message(9)), "never given: not asked");
+        frames(&a_frames);
+        let feed = Channel::Feed;
+        assert_eq!(hub.delete_stored(a, "a", feed, 1, Some("b")), Err(not_yours(1)));
+        assert_eq!(hub.delete_stored(a, "a", feed, 2, None), Err(unknown_message(2)));
+        assert_eq!(hub.delete_stored(a, "a", feed, 1, Some("a")), Ok(()));
+        let deleted = serde_json::json!({"deleted": {"channel": "feed", "seq": 1}});
+        assert_eq!(frames(&a_frames), [deleted]);
+        // The store may still have it until its writer catches up: it is not taken twice.
+        assert_eq!(hub.delete_stored(a, "a", feed, 1, Some("a")), Err(unknown_message(1)));
+    }
+
+    #[test]
+    fn a_random_rooms_message_older_than_those_kept_is_too_old() {
+        let hub = hub(0, 0);
+        let (a, _) = member(&hub, Catchup::Latest);
+        let (b, _) = member(&hub, Catchup::Latest);
+        hub.join_random(a);
+        hub.join_random(b);
+        say(&hub, a, RANDOM_ROOM_KEEP + 1);
         let refused = hub.delete(a, "a", 1).unwrap_err();
         assert!(refused.contains("too old"), "{refused}");
-        assert_eq!(hub.delete(a, "a", 3), Ok(()));
+        assert_eq!(hub.delete(a, "a", 2), Ok(Deletion::Done));
     }
 
     fn room(name: &str, owner: &str) -> StoredRoom {
@@ -1041,5 +1172,45 @@ mod tests {
         assert_eq!(frames(&bob_frames), [left]);
         hub.typing(second, &Author::from("x"));
         assert!(frames(&bob_frames).is_empty(), "typing in the feed goes nowhere");
+    }
+
+    #[test]
+    fn a_profile_change_reaches_the_accounts_channels_once_and_names_it_from_then_on() {
+        let hub = hub(0, 0);
+        hub.add_room(room("a", "o"), 2, 2).unwrap();
+        hub.add_room(room("b", "o"), 2, 2).unwrap();
+        let (tab1, tab1_frames) = member(&hub, Catchup::Latest);
+        let (tab2, tab2_frames) = member(&hub, Catchup::Latest);
+        let (mate, mate_frames) = member_as(&hub, "mate", Catchup::Latest);
+        let (elsewhere, elsewhere_frames) = member_as(&hub, "elsewhere", Catchup::Latest);
+        let (_, feed_frames) = member_as(&hub, "feed", Catchup::Latest);
+        for (id, author, room) in
+            [(tab1, "x", "a"), (tab2, "x", "a"), (mate, "mate", "a"), (elsewhere, "elsewhere", "b")]
+        {
+            hub.join_named(id, &Author::from(author), room, Catchup::Latest).unwrap();
+        }
+        for outbox in [&tab1_frames, &tab2_frames, &mate_frames, &elsewhere_frames] {
+            frames(outbox);
+        }
+        hub.update_profile("x", "Ada".into());
+        let profile =
+            serde_json::json!({"profile": {"id": "x", "name": "Ada", "avatar": "/avatars/x"}});
+        assert_eq!(frames(&mate_frames), std::slice::from_ref(&profile), "once for two tabs");
+        assert_eq!(frames(&tab1_frames), std::slice::from_ref(&profile));
+        assert_eq!(frames(&tab2_frames), std::slice::from_ref(&profile));
+        assert!(frames(&elsewhere_frames).is_empty(), "another room hears nothing");
+        assert!(frames(&feed_frames).is_empty(), "nor does the feed, where x is not");
+        let who = hub.who(mate);
+        assert_eq!(
+            who.payload(),
+            r#"{"who":{"count":2,"members":[{"id":"x","name":"Ada"},{"id":"mate"}]}}"#
+        );
+        hub.join_feed(tab1);
+        hub.join_feed(tab2);
+        let left = serde_json::json!({"presence": {"left": {"id": "x", "name": "Ada"}}});
+        assert_eq!(frames(&mate_frames), [left]);
+        hub.update_profile("x", "Countess".into());
+        assert_eq!(frames(&feed_frames).len(), 1, "now x is in the feed: the feed is told");
+        assert!(frames(&mate_frames).is_empty());
     }
 }

@@ -385,6 +385,23 @@ pub fn deleted_frame(channel: &str, seq: u64) -> Frame {
     Frame::json(&DeletedFrame { deleted: Deleted { channel, seq } })
 }
 
+/// `{"profile": {"id", "name", "avatar"}}`: an account changed its display name or picture; to
+/// everyone who shares a channel with one of its connections, and to its own connections. The
+/// picture's address stays the same, so a client fetches it again to see a new one.
+pub fn profile_frame(id: &str, name: &str) -> Frame {
+    #[derive(Serialize)]
+    struct Changed<'a> {
+        id: &'a str,
+        name: &'a str,
+        avatar: String,
+    }
+    #[derive(Serialize)]
+    struct ProfileFrame<'a> {
+        profile: Changed<'a>,
+    }
+    Frame::json(&ProfileFrame { profile: Changed { id, name, avatar: format!("/avatars/{id}") } })
+}
+
 /// A person as frames about people show them: `{"id", "name"?}` (`name` only for an account).
 #[derive(Serialize)]
 struct Member<'a> {

@@ -482,6 +482,20 @@ impl crate::store::Store for SqliteStore {
         Ok(messages)
     }
 
+    /// By its primary key, rather than as a page of one.
+    fn message(&self, channel: Channel, seq: u64) -> anyhow::Result<Option<ChatMessage>> {
+        let Some(name) = channel.store_key() else { return Ok(None) };
+        let reader = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut statement =
+            reader.prepare_cached("SELECT * FROM messages WHERE channel = ?1 AND seq = ?2")?;
+        let mut rows = statement.query(params![name, seq.min(i64::MAX as u64) as i64])?;
+        let message = match rows.next()? {
+            Some(row) => message_from_row(channel, row)?,
+            None => None,
+        };
+        Ok(message)
+    }
+
     fn flush(&self, limit: Duration) -> bool {
         self.writes.flush(limit)
     }
@@ -696,6 +710,25 @@ mod tests {
     #[test]
     fn a_deleted_message_stays_deleted_and_its_seq_is_not_given_again() {
         check(store_checks::a_deleted_message_stays_deleted_and_its_seq_is_not_given_again);
+    }
+
+    #[test]
+    fn one_message_is_found_by_its_channel_and_seq_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("c.db"));
+        store.load(10).unwrap();
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+        assert!(store.flush(Duration::from_secs(5)));
+        let found = store.message(Channel::Feed, 2).unwrap().expect("written");
+        assert_eq!((found.seq, &*found.author.id, found.body), (2, "a", Body::Text("m2".into())));
+        assert!(store.message(Channel::Feed, 4).unwrap().is_none(), "never said");
+        assert!(store.message(Channel::named("x"), 2).unwrap().is_none(), "another channel");
+        assert!(store.message(Channel::Room(1), 2).unwrap().is_none(), "rooms are not kept");
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 2 });
+        assert!(store.flush(Duration::from_secs(5)));
+        assert!(store.message(Channel::Feed, 2).unwrap().is_none(), "deleted");
     }
 
     #[test]

@@ -164,6 +164,14 @@ pub trait Store: AccountStore + Send + Sync {
     fn page(&self, channel: Channel, before: u64, limit: usize)
     -> anyhow::Result<Vec<ChatMessage>>;
 
+    /// Message `seq` of `channel`, if it is kept (`{"delete": SEQ}` of one older than the
+    /// hub holds). Blocks: call it from a blocking task. A change recorded but not yet written
+    /// may not show: [`Store::flush`] first to be sure.
+    fn message(&self, channel: Channel, seq: u64) -> anyhow::Result<Option<ChatMessage>> {
+        let page = self.page(channel, seq.saturating_add(1), 1)?;
+        Ok(page.into_iter().find(|message| message.seq == seq))
+    }
+
     /// Writes everything recorded so far; waits up to `limit`. Says whether all was written.
     fn flush(&self, limit: Duration) -> bool;
 
@@ -570,5 +578,20 @@ mod tests {
         assert_eq!(seqs(store.page(Channel::Room(1), 6, 10).unwrap()), Vec::<u64>::new());
         store.record(Change::Deleted { channel: Channel::Feed, seq: 7 });
         assert_eq!(seqs(store.page(Channel::Feed, 9, 3).unwrap()), [5, 6, 8]);
+    }
+
+    #[test]
+    fn the_memory_store_finds_one_message_by_its_seq() {
+        let store = MemoryStore::new(5);
+        for seq in 1..=8 {
+            store.record(Change::Message(message(seq)));
+        }
+        let found = store.message(Channel::Feed, 6).unwrap().expect("kept");
+        assert_eq!((found.seq, &*found.author.id), (6, "a"));
+        assert!(store.message(Channel::Feed, 2).unwrap().is_none(), "no longer kept");
+        assert!(store.message(Channel::Feed, 9).unwrap().is_none(), "never said");
+        assert!(store.message(Channel::named("x"), 6).unwrap().is_none(), "another channel");
+        store.record(Change::Deleted { channel: Channel::Feed, seq: 6 });
+        assert!(store.message(Channel::Feed, 6).unwrap().is_none(), "deleted");
     }
 }

@@ -339,6 +339,11 @@ async fn a_socket_with_a_session_speaks_as_its_account() -> Result<()> {
     // A rename reaches the next message of an open socket.
     let rename = json!({"name": "Countess"}).to_string();
     request(server.port(), "PATCH", "/api/me", &[("Cookie", &cookie)], Some(&rename)).await?;
+    // Everyone in the feed, where the tabs are, is told (profile.rs has the details).
+    assert_eq!(recv_json(&mut guest.conn).await?["profile"]["name"], "Countess");
+    for tab in [&mut first_tab, &mut second_tab] {
+        assert_eq!(next_json(tab).await?["profile"]["name"], "Countess");
+    }
     first_tab.send(Message::text(text("renamed").to_string())).await?;
     assert_eq!(recv_json(&mut guest.conn).await?["name"], "Countess");
 

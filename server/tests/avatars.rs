@@ -9,9 +9,10 @@ mod common;
 use std::io::Cursor;
 
 use anyhow::{Context, Result, ensure};
-use common::api::{WAIT, account};
+use common::api::{WAIT, account, account_socket, next_json};
 use common::{database_in, start, start_with, terminate};
 use image::{ImageFormat, Rgb, RgbImage};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -274,5 +275,24 @@ async fn a_picture_is_kept_across_a_restart() -> Result<()> {
     let after = send(server.port(), "GET", &avatar, &[], None).await?;
     served(&after)?;
     assert_eq!(after.body, before.body);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_picture_is_announced_to_the_accounts_channel() -> Result<()> {
+    let server = start(&[]).await?;
+    let (cookie, profile) = account(&server, "painter").await?;
+    let id = id_of(&profile)?;
+    let mut guest = common::connect(&server).await?;
+    let (mut tab, _, _) = account_socket(&server, &cookie).await?;
+    let headers = [("Cookie", cookie.as_str())];
+    let body = png(8, 8, [200, 20, 10])?;
+    let uploaded = send(server.port(), "POST", "/api/me/avatar", &headers, Some(&body)).await?;
+    assert_eq!(uploaded.status, 204, "{}", uploaded.text());
+    // The same address: the frame is the sign to fetch the picture again.
+    let avatar = format!("/avatars/{id}");
+    let changed = json!({"profile": {"id": id, "name": "painter", "avatar": avatar}});
+    assert_eq!(common::recv_json(&mut guest.conn).await?, changed);
+    assert_eq!(next_json(&mut tab).await?, changed);
     Ok(())
 }

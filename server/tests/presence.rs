@@ -8,23 +8,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use client::message::{join, text};
-use client::{Connection, RunningServer};
 use common::api::*;
 use common::{connect, health, recv_json, start};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const QUIET: Duration = Duration::from_millis(300);
-
-/// A socket of the account with `cookie`, past its id and me frames.
-async fn tab(server: &RunningServer, cookie: &str) -> Result<Connection> {
-    let (socket, _, _) = account_socket(server, cookie).await?;
-    Ok(Connection::from_socket(socket))
-}
-
-async fn enter(conn: &mut Connection, room: &str) -> Result<Value> {
-    conn.send_json(&json!({"channel": "room", "room": room})).await?;
-    recv_json(conn).await
-}
 
 #[tokio::test]
 async fn a_room_hears_who_comes_goes_and_types_and_an_account_counts_once() -> Result<()> {
@@ -35,14 +23,14 @@ async fn a_room_hears_who_comes_goes_and_types_and_an_account_counts_once() -> R
     assert_eq!(created.status, 201);
     let mut feed = connect(&server).await?;
     let mut guest = connect(&server).await?;
-    enter(&mut guest.conn, "rust").await?;
+    enter_room(&mut guest.conn, "rust").await?;
     let ada = json!({"id": profile["id"], "name": "ada"});
 
-    let mut tab1 = tab(&server, &cookie).await?;
-    enter(&mut tab1, "rust").await?;
+    let mut tab1 = account_tab(&server, &cookie).await?;
+    enter_room(&mut tab1, "rust").await?;
     assert_eq!(recv_json(&mut guest.conn).await?, json!({"presence": {"joined": ada}}));
-    let mut tab2 = tab(&server, &cookie).await?;
-    let joined = enter(&mut tab2, "rust").await?;
+    let mut tab2 = account_tab(&server, &cookie).await?;
+    let joined = enter_room(&mut tab2, "rust").await?;
     assert_eq!(joined["members"], json!([{"id": guest.id}, ada]), "one member for two tabs");
     guest.conn.expect_silence(QUIET).await?; // the second tab is not news
     tab1.expect_silence(QUIET).await?;
@@ -80,7 +68,8 @@ async fn a_room_hears_who_comes_goes_and_types_and_an_account_counts_once() -> R
     // A rename shows in the next presence frame.
     let rename = json!({"name": "Countess"}).to_string();
     request(server.port(), "PATCH", "/api/me", &[("Cookie", &cookie)], Some(&rename)).await?;
-    enter(&mut tab2, "rust").await?;
+    assert_eq!(recv_json(&mut tab2).await?["profile"]["name"], "Countess");
+    enter_room(&mut tab2, "rust").await?;
     let countess = json!({"id": profile["id"], "name": "Countess"});
     assert_eq!(recv_json(&mut guest.conn).await?, json!({"presence": {"joined": countess}}));
     Ok(())

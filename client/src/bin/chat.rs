@@ -12,7 +12,9 @@
 //! From the finished server, the history a connection gets is printed marked `(earlier)`. When
 //! the server goes away (a restart, say) the client reconnects, a few times with a growing wait,
 //! and says so on stderr; to the finished server it reconnects with `?after=` the last feed
-//! message it saw, so that it gets exactly what it missed (docs/PROTOCOL.md).
+//! message it saw, so that it gets exactly what it missed (docs/PROTOCOL.md). In a named room it
+//! goes back into that room instead, with `"after"` the last seq it saw there, and prints what
+//! it missed in the room (not the feed's messages it passes through on the way).
 //!
 //! With `--user NAME` it logs in to the finished server first (`POST /api/login` on the host
 //! and port of the ws:// address; the password is read from the terminal without echo, or from
@@ -22,8 +24,8 @@
 //!
 //! Named rooms (the finished server): `/rooms` lists them (`GET /api/rooms`, with the session
 //! cookie when logged in), `/join ROOM` enters one, `/who` says who is in the current channel and
-//! `/delete SEQ` takes back one of your messages. Presence, typing and deletions are printed as
-//! `* ...` lines. With `--seqs` every numbered message is printed with its seq (`#42 [ada] hi`)
+//! `/delete SEQ` takes back one of your messages. Presence, typing, deletions and profile changes
+//! (someone's new name or picture) are printed as `* ...` lines; a new name is used from then on. With `--seqs` every numbered message is printed with its seq (`#42 [ada] hi`)
 //! and each of yours is acknowledged with its seq (`* sent as #43`), so you know what to delete.
 //!
 //! With `--raw`, each line is sent exactly as typed and each text frame is printed exactly as
@@ -210,7 +212,12 @@ async fn converse(
     raw: bool,
 ) -> Result<Ending> {
     let (mut sink, mut frames) = connection.into_socket().split();
-    session.connected();
+    if let Some(rejoin) = session.connected() {
+        // Sent before any line typed meanwhile, so that those go to the room too.
+        if let Err(error) = sink.send(Message::text(rejoin.to_string())).await {
+            return Ok(Ending::Failed(anyhow!(error).context("going back into the room failed")));
+        }
+    }
 
     // Read input and frames at the same time, until the input ends or the server goes away.
     loop {
@@ -299,7 +306,7 @@ fn close_reason(close: Option<&CloseFrame>) -> String {
 }
 
 /// Connects again after the server went away, with `?after=` the last feed message seen when
-/// the server numbers its messages: [`RECONNECT_ATTEMPTS`] attempts, 0.5 s, 1 s, 2 s, ... apart
+/// the server numbers its messages (from a named room, `converse` then goes back into it): [`RECONNECT_ATTEMPTS`] attempts, 0.5 s, 1 s, 2 s, ... apart
 /// (at most [`RECONNECT_DELAY_MAX`]). What it does is said on stderr: stdout is the
 /// conversation. Lines typed meanwhile wait in stdin and are sent once it is back.
 async fn reconnect(server: &str, session: &Session, lost: &str) -> Result<Connection> {
@@ -311,11 +318,15 @@ async fn reconnect(server: &str, session: &Session, lost: &str) -> Result<Connec
         tokio::time::sleep(delay).await;
         match Connection::connect_with_cookie(&url, session.cookie()).await {
             Ok(connection) => {
-                match session.resume_after() {
-                    Some(seq) => {
+                match (&session.room, session.resume_after(), session.last_room_seq) {
+                    (Some(room), _, Some(seq)) => eprintln!(
+                        "chat: reconnected; back into {room}, asking for the messages after #{seq}"
+                    ),
+                    (Some(room), _, None) => eprintln!("chat: reconnected; back into {room}"),
+                    (None, Some(seq), _) => {
                         eprintln!("chat: reconnected; asking for the messages after #{seq}")
                     }
-                    None => eprintln!("chat: reconnected"),
+                    (None, None, _) => eprintln!("chat: reconnected"),
                 }
                 return Ok(connection);
             }
@@ -421,19 +432,41 @@ struct Session {
     server: String,
     /// `--seqs`: print messages' seqs, and ask for receipts of ours.
     seqs: bool,
-    /// Display names seen (in members, presence, who and messages), by id: a `left` frame
-    /// carries none.
+    /// Display names seen (in members, presence, who, messages and profile changes), by id.
     names: HashMap<String, String>,
+    /// The named room we are in (the finished server): a reconnect goes back into it.
+    room: Option<String>,
+    /// The newest seq seen in `room`: a reconnect asks for the messages after it.
+    last_room_seq: Option<u64>,
+    /// From a reconnect into `room` until its joined frame: the feed's frames that come
+    /// meanwhile are not printed.
+    rejoining: bool,
+    /// Our account's display name, as the server last said it.
+    my_name: Option<String>,
+    /// A name `/name` set and already printed: its `{"profile"}` frame is not printed again.
+    renamed_to: Option<String>,
 }
 
 /// How many of our own messages [`Session::unconfirmed`] remembers.
 const UNCONFIRMED_KEPT: usize = 100;
 
 impl Session {
-    /// A new connection starts in the feed, with an id to come.
-    fn connected(&mut self) {
+    /// A new connection starts in the feed, with an id to come. After a reconnect from a named
+    /// room, returns the frame that goes back into it, asking for what was missed there.
+    fn connected(&mut self) -> Option<Value> {
         self.my_id = None;
-        self.in_feed = true;
+        let Some(room) = &self.room else {
+            self.in_feed = true;
+            return None;
+        };
+        // What the feed sends before the room's joined frame is not where the user is.
+        self.in_feed = false;
+        self.rejoining = true;
+        let mut frame = json!({"channel": "room", "room": room});
+        if let Some(seq) = self.last_room_seq {
+            frame["after"] = json!(seq);
+        }
+        Some(frame)
     }
 
     /// The session cookie to open every connection with, when logged in.
@@ -442,13 +475,17 @@ impl Session {
     }
 
     /// `/name NEW NAME`: says on stdout what the name is now, or on stderr why not.
-    async fn rename(&self, name: &str) {
+    async fn rename(&mut self, name: &str) {
         let Some(account) = &self.account else {
             eprintln!("! /name needs an account: start chat with --user NAME");
             return;
         };
         match account.rename(name).await {
-            Ok(name) => say!("* your name is now {name}"),
+            Ok(name) => {
+                say!("* your name is now {name}");
+                self.my_name = Some(name.clone());
+                self.renamed_to = Some(name);
+            }
             Err(error) => eprintln!("! /name: {}", one_line(&error)),
         }
     }
@@ -513,6 +550,11 @@ impl Session {
             frame.get("room").and_then(Value::as_str),
         ) {
             self.in_feed = false;
+            self.rejoining = false;
+            if self.room.as_deref() != Some(room) {
+                self.room = Some(room.to_owned());
+                self.last_room_seq = None;
+            }
             let members = frame.get("members").cloned().unwrap_or_default();
             let count = members.as_array().map_or(0, Vec::len);
             return Some(format!("joined {room}: {count} here: {}", self.people(&members)));
@@ -543,9 +585,32 @@ impl Session {
         }
     }
 
+    /// The line for `{"profile": {"id", "name", "avatar"}}`, remembering the name: `None` for
+    /// our own rename, which `/name` has printed already.
+    fn profile_changed(&mut self, id: &str, name: &str) -> Option<String> {
+        if self.ids.iter().any(|mine| mine == id) {
+            if self.renamed_to.as_deref() == Some(name) {
+                self.renamed_to = None;
+                return None;
+            }
+            let before = self.my_name.replace(name.to_owned());
+            return Some(match before {
+                Some(before) if before == name => "your picture was changed".into(),
+                _ => format!("your name is now {name}"),
+            });
+        }
+        let before = self.names.insert(id.to_owned(), name.to_owned());
+        Some(match before {
+            Some(before) if before == name => format!("{name} has a new picture"),
+            Some(before) => format!("{before} is now {name}"),
+            None => format!("{} is now {name}", short(id)),
+        })
+    }
+
     /// The feed seq to resume after, when the server numbers its messages.
     fn resume_after(&self) -> Option<u64> {
-        self.last_feed_seq
+        // Going back into a named room: the feed is only passed through.
+        self.last_feed_seq.filter(|_| self.room.is_none())
     }
 
     /// `server`, with `?after=` the last feed seq seen if there is one: the finished server
@@ -557,10 +622,12 @@ impl Session {
         }
     }
 
-    /// Remembers a chat message we sent to the feed (not a scheduled one: that comes back).
+    /// Remembers a chat message we sent to the feed or a named room (not a scheduled one: that
+    /// comes back).
     fn sent(&mut self, frame: &Value) {
         let data = &frame["data"];
-        if !self.in_feed || data.get("schedule").is_some() {
+        let kept = self.in_feed || self.room.is_some();
+        if !kept || data.get("schedule").is_some() {
             return;
         }
         if let Some((kind, body)) = chat_content(frame) {
@@ -594,12 +661,28 @@ impl Session {
         if let (Some(Value::Object(me)), 1) = (frame.get("me"), frame.len()) {
             let name = me.get("name").and_then(Value::as_str).unwrap_or("?");
             let username = me.get("username").and_then(Value::as_str).unwrap_or("?");
+            self.my_name = Some(name.to_owned());
             say!("* logged in as {name} (@{username})");
             return;
         }
         if let Some(error) = frame.get("error") {
             let reason = error.as_str().map_or_else(|| error.to_string(), str::to_owned);
             say!("! error: {reason}");
+            if self.rejoining {
+                // The room could not be entered again (it is gone): we stay in the feed.
+                self.rejoining = false;
+                self.room = None;
+                self.in_feed = true;
+                say!("* back in the feed");
+            }
+            return;
+        }
+        if let (Some(profile), 1) = (frame.get("profile"), frame.len())
+            && let (Some(id), Some(name)) = (profile["id"].as_str(), profile["name"].as_str())
+        {
+            if let Some(line) = self.profile_changed(id, name) {
+                say!("* {line}");
+            }
             return;
         }
         if let Some(line) = self.room_notice(&frame) {
@@ -611,13 +694,18 @@ impl Session {
             frame.get("status").and_then(Value::as_str),
         ) {
             self.in_feed = channel == "feed";
+            self.room = None;
             say!("* {}", notice(channel, status));
             return;
         }
+        if self.rejoining && (frame.contains_key("history") || frame.contains_key("type")) {
+            return; // the feed's, on the way back into the room
+        }
         // The finished server's word on the history ({"history": {...}} alone); lessons 01-02
-        // relay whatever a client sent, so only a server that numbers its messages is heard.
-        if let (Some(Value::Object(history)), 1, Some(_)) =
-            (frame.get("history"), frame.len(), self.last_feed_seq)
+        // relay whatever a client sent, so only a server that numbers its messages is heard
+        // (and the finished server's, in a named room).
+        if let (Some(Value::Object(history)), 1, true) =
+            (frame.get("history"), frame.len(), self.last_feed_seq.is_some() || self.room.is_some())
             && let Some(line) = self.history_notice(history)
         {
             say!("* {line}");
@@ -635,16 +723,20 @@ impl Session {
             // No seq: a lesson, maybe in place of the finished server since the last
             // connection. Never send it ?after=.
             None => self.last_feed_seq = None,
-            Some(seq) if self.in_feed => {
-                if self.last_feed_seq.is_some_and(|last| seq <= last) {
+            Some(seq) if self.in_feed || self.room.is_some() => {
+                let last = match self.in_feed {
+                    true => &mut self.last_feed_seq,
+                    false => &mut self.last_room_seq,
+                };
+                if last.is_some_and(|last| seq <= last) {
                     return; // printed already
                 }
-                self.last_feed_seq = Some(seq);
+                *last = Some(seq);
                 if history && own && self.confirm(kind, body) {
                     return; // we sent it: it is on the screen as typed
                 }
             }
-            Some(_) => {} // a random room's own numbers: not the feed's
+            Some(_) => {} // a random room's own numbers: nothing to resume
         }
         if let (Some(author), Some(name)) = (author, frame["name"].as_str()) {
             self.names.insert(author.to_owned(), name.to_owned());
@@ -674,7 +766,10 @@ impl Session {
     /// store was reset (its numbers start again). `None` for any other shape.
     fn history_notice(&mut self, history: &serde_json::Map<String, Value>) -> Option<String> {
         if history.get("reset") == Some(&Value::Bool(true)) {
-            self.last_feed_seq = None;
+            match self.in_feed {
+                true => self.last_feed_seq = None,
+                false => self.last_room_seq = None,
+            }
             self.unconfirmed.clear();
             return Some("the server's history was reset; its latest messages follow".into());
         }

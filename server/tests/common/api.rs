@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use client::RunningServer;
+use client::{Connection, RunningServer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -177,4 +177,16 @@ pub async fn account_socket(
     let (mut socket, id) = socket_with_cookie(server, cookie).await?;
     let me = next_json(&mut socket).await?;
     Ok((socket, id, me))
+}
+
+/// A tab of the account with `cookie`: a connection past its id and me frames.
+pub async fn account_tab(server: &RunningServer, cookie: &str) -> Result<Connection> {
+    let (socket, _, _) = account_socket(server, cookie).await?;
+    Ok(Connection::from_socket(socket))
+}
+
+/// Enters the named room `room`; returns the next frame, its joined frame.
+pub async fn enter_room(conn: &mut Connection, room: &str) -> Result<Value> {
+    conn.send_json(&json!({"channel": "room", "room": room})).await?;
+    conn.recv_json().await
 }
