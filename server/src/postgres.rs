@@ -549,6 +549,17 @@ impl Store for PostgresStore {
         Ok(messages)
     }
 
+    /// By its primary key, rather than as a page of one.
+    fn message(&self, channel: Channel, seq: u64) -> anyhow::Result<Option<ChatMessage>> {
+        let Some(name) = channel.store_key() else { return Ok(None) };
+        let seq = seq.min(i64::MAX as u64) as i64;
+        let row = self
+            .read()?
+            .query_opt("SELECT * FROM messages WHERE channel = $1 AND seq = $2", &[&name, &seq])?;
+        let message = row.as_ref().map(|row| message_from_row(channel, row)).transpose()?;
+        Ok(message.flatten())
+    }
+
     fn flush(&self, limit: Duration) -> bool {
         self.writes.flush(limit)
     }
@@ -785,6 +796,11 @@ mod tests {
     #[test]
     fn a_deleted_message_stays_deleted_and_its_seq_is_not_given_again() {
         check(store_checks::a_deleted_message_stays_deleted_and_its_seq_is_not_given_again);
+    }
+
+    #[test]
+    fn one_message_is_found_by_its_channel_and_seq_once_written() {
+        check(store_checks::one_message_is_found_by_its_channel_and_seq_once_written);
     }
 
     #[test]

@@ -714,21 +714,7 @@ mod tests {
 
     #[test]
     fn one_message_is_found_by_its_channel_and_seq_once_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("c.db"));
-        store.load(10).unwrap();
-        for seq in 1..=3 {
-            store.record(message(seq, &format!("m{seq}")));
-        }
-        assert!(store.flush(Duration::from_secs(5)));
-        let found = store.message(Channel::Feed, 2).unwrap().expect("written");
-        assert_eq!((found.seq, &*found.author.id, found.body), (2, "a", Body::Text("m2".into())));
-        assert!(store.message(Channel::Feed, 4).unwrap().is_none(), "never said");
-        assert!(store.message(Channel::named("x"), 2).unwrap().is_none(), "another channel");
-        assert!(store.message(Channel::Room(1), 2).unwrap().is_none(), "rooms are not kept");
-        store.record(Change::Deleted { channel: Channel::Feed, seq: 2 });
-        assert!(store.flush(Duration::from_secs(5)));
-        assert!(store.message(Channel::Feed, 2).unwrap().is_none(), "deleted");
+        check(store_checks::one_message_is_found_by_its_channel_and_seq_once_written);
     }
 
     #[test]
