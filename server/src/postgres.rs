@@ -166,6 +166,18 @@ fn place(config: &postgres::Config) -> String {
     format!("postgres://{user}{host}:{port}/{dbname}")
 }
 
+/// `error` with its causes ("error connecting to server: Connection refused"): rust-postgres
+/// keeps the reason in the source, and its own text is only the kind of error.
+fn reason(error: &postgres::Error) -> String {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    reason
+}
+
 /// Runs `work` on a thread of its own: the synchronous client cannot run on a tokio worker
 /// thread, and the calls made once at start come from the async `main`.
 fn off_the_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
@@ -188,7 +200,7 @@ impl PostgresStore {
         off_the_runtime(|| {
             let mut client = config.connect(NoTls).map_err(|error| OpenError::Unreachable {
                 place: place.clone(),
-                reason: error.to_string(),
+                reason: reason(&error),
             })?;
             migrate(&mut client, &place)?;
             let manager = PostgresConnectionManager::new(config.clone(), NoTls);
@@ -200,9 +212,9 @@ impl PostgresStore {
                 .connection_timeout(CONNECT_TIMEOUT)
                 .build_unchecked(manager);
             // The writer goes on with the connection that migrated: connected from the start.
-            let insert = client.prepare(INSERT_MESSAGES).map_err(|error| OpenError::Failed {
+            let insert = prepare_writer(&mut client).map_err(|error| OpenError::Failed {
                 place: place.clone(),
-                reason: error.to_string(),
+                reason: reason(&error),
             })?;
             let connected = Some((client, insert));
             let batches = PostgresBatches { config, place: place.clone(), connected };
@@ -233,10 +245,8 @@ impl Drop for PostgresStore {
 
 /// Brings the schema up to [`SCHEMA_VERSION`] in one transaction, or refuses the database.
 fn migrate(client: &mut Client, place: &str) -> Result<(), OpenError> {
-    let failed = |error: postgres::Error| OpenError::Failed {
-        place: place.into(),
-        reason: error.to_string(),
-    };
+    let failed =
+        |error: postgres::Error| OpenError::Failed { place: place.into(), reason: reason(&error) };
     let mut transaction = client.transaction().map_err(failed)?;
     transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(failed)?;
     let versioned: bool = transaction
@@ -591,6 +601,14 @@ const INSERT_MESSAGES: &str = "
     ON CONFLICT (channel, seq) DO UPDATE SET author = excluded.author, name = excluded.name,
         type = excluded.type, body = excluded.body, at_ms = excluded.at_ms, late = excluded.late";
 
+/// Sets up the writer's connection; returns its prepared insert.
+fn prepare_writer(client: &mut Client) -> Result<Statement, postgres::Error> {
+    // The durability promise holds whatever the server's default: a commit returns once it is
+    // on PostgreSQL's disk.
+    client.batch_execute("SET synchronous_commit = on")?;
+    client.prepare(INSERT_MESSAGES)
+}
+
 impl PostgresBatches {
     /// The writer's connection and its prepared insert; connects first if it has none.
     fn connection(&mut self) -> anyhow::Result<&mut (Client, Statement)> {
@@ -599,7 +617,7 @@ impl PostgresBatches {
         }
         if self.connected.is_none() {
             let mut client = self.config.connect(NoTls).context("connecting")?;
-            let insert = client.prepare(INSERT_MESSAGES)?;
+            let insert = prepare_writer(&mut client)?;
             self.connected = Some((client, insert));
         }
         self.connected.as_mut().context("no connection")

@@ -78,7 +78,7 @@ async fn postgres_unreachable_at_start_is_one_line_naming_the_host_and_a_failed_
     let line = stderr.trim();
     ensure!(line.lines().count() == 1, "more than one line: {stderr}");
     ensure!(line.contains(&format!("127.0.0.1:{port}")), "no host in {line}");
-    ensure!(line.contains("cannot connect"), "{line}");
+    ensure!(line.contains("cannot connect") && line.contains("refused"), "{line}");
     ensure!(!line.contains("s3cret"), "the password is in {line}");
     // Not a URL at all.
     let (status, stderr) = refused("postgres://[::1")?;
