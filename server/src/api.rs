@@ -410,6 +410,7 @@ impl Api<'_> {
                 CreateAccountError::Failed(error) => internal(error),
             });
         }
+        self.server.broker.room_created(&room);
         let info = RoomInfo { name: room.name, topic: room.topic, online: 0 };
         Ok(warp::reply::with_status(warp::reply::json(&info), StatusCode::CREATED).into_response())
     }

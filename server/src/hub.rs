@@ -11,7 +11,7 @@
 //! not slower than finer locks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -22,6 +22,7 @@ use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Notice};
+use crate::sequencer::{Draft, Drafts, Sequenced};
 use crate::store::{Change, Store, StoredRoom};
 
 pub type PeerId = Uuid;
@@ -76,6 +77,17 @@ struct Log {
     /// Seqs older than `recent` taken back lately: the store may not have written their
     /// deletion yet, and must not be believed if it still has them.
     taken_back: VecDeque<u64>,
+    /// In a cluster: messages that arrived before an earlier one of the channel, by seq,
+    /// until it comes (or the gap filler reads it, or finds it deleted).
+    held: BTreeMap<u64, Held>,
+}
+
+/// A message waiting for an earlier one (see [`Log::held`]).
+struct Held {
+    message: Arc<ChatMessage>,
+    /// Its sender, who does not get it back.
+    skip: Option<PeerId>,
+    arrived: Instant,
 }
 
 /// How many of a channel's older seqs taken back are remembered (see [`Log::taken_back`]):
@@ -90,7 +102,31 @@ impl Log {
             capacity,
             complete: true,
             taken_back: VecDeque::new(),
+            held: BTreeMap::new(),
         }
+    }
+
+    /// In a cluster: takes out the held messages that can go now, in seq order, keeping each
+    /// among the recent ones. Those up to `known_below` go even with gaps before them: every
+    /// seq below it has been read from the database, and one not found there was deleted.
+    fn take_ready(&mut self, known_below: u64) -> Vec<Held> {
+        let mut ready = Vec::new();
+        while let Some(entry) = self.held.first_entry() {
+            let seq = *entry.key();
+            if seq < self.next_seq {
+                // Delivered already (it came both from this node and through Redis).
+                entry.remove();
+            } else if seq == self.next_seq || seq <= known_below {
+                let held = entry.remove();
+                self.next_seq = seq + 1;
+                self.keep(held.message.clone());
+                ready.push(held);
+            } else {
+                break;
+            }
+        }
+        self.next_seq = self.next_seq.max(known_below);
+        ready
     }
 
     /// A random room's: its newest messages are kept only so that their authors can take them
@@ -191,6 +227,23 @@ pub struct Hub {
     store: Arc<dyn Store>,
     limits: HistoryLimits,
     counters: Counters,
+    /// In a cluster: where messages of durable channels go for their seq, instead of being
+    /// stamped here (see [`sequencer`](crate::sequencer)). Unset for a server alone.
+    sequencer: OnceLock<Arc<Drafts>>,
+}
+
+/// What became of a message handed to [`Hub::publish_acked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Sent, with this seq.
+    Sent(u64),
+    /// On its way to the sequencer: the hub delivers it (and acknowledges it) once it has its
+    /// seq.
+    Sequencing,
+    /// Not taken; the text says why.
+    Refused(String),
+    /// The sender is no longer connected.
+    Gone,
 }
 
 impl Hub {
@@ -229,7 +282,102 @@ impl Hub {
         for room in rooms {
             state.add_room(room, capacity);
         }
-        Hub { state: Mutex::new(state), store, limits, counters }
+        Hub { state: Mutex::new(state), store, limits, counters, sequencer: OnceLock::new() }
+    }
+
+    /// Cluster mode: from now on messages of durable channels get their seq from `drafts`.
+    pub fn use_sequencer(&self, drafts: Arc<Drafts>) {
+        let _ = self.sequencer.set(drafts);
+    }
+
+    /// The sequencer, if `channel`'s messages must go through it.
+    fn sequencer_for(&self, channel: Channel) -> Option<&Drafts> {
+        self.sequencer.get().filter(|_| channel.is_durable()).map(|drafts| &**drafts)
+    }
+
+    /// In a cluster: messages with their seqs, from this node's sequencer or (through the
+    /// broker) another node's. Each channel's go out in seq order: a later one is held until
+    /// those before it come, one already delivered is dropped. A local sender is told
+    /// `{"sent"}` if it asked, and does not get its message back.
+    pub fn deliver_sequenced(&self, batch: &[Sequenced]) {
+        let capacity = self.limits.on_join.max(self.limits.resume_max);
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        let now = Instant::now();
+        for sequenced in batch {
+            let message = &sequenced.message;
+            if let Some((sender, true)) = sequenced.sender {
+                state.send_to(sender, protocol::sent_frame(message.seq), &mut evicted);
+            }
+            // A named room another node created, that this one has not heard of yet.
+            let log = state
+                .logs
+                .entry(message.channel)
+                .or_insert_with(|| Log::new(message.seq, capacity));
+            if message.seq < log.next_seq {
+                continue;
+            }
+            let skip = sequenced.sender.map(|(sender, _)| sender);
+            log.held.insert(message.seq, Held { message: message.clone(), skip, arrived: now });
+            let ready = log.take_ready(0);
+            self.send_ready(&mut state, ready, &mut evicted);
+        }
+        self.evict(&mut state, evicted);
+    }
+
+    fn send_ready(&self, state: &mut State, ready: Vec<Held>, evicted: &mut Vec<PeerId>) {
+        for held in ready {
+            let message = held.message;
+            let sent = state.send_to_channel(message.channel, held.skip, message.frame(), evicted);
+            self.count(sent);
+        }
+    }
+
+    /// In a cluster: the channels whose oldest held message has waited `older_than`, each with
+    /// the range to read from the database (seqs above the first and below the second).
+    pub fn gaps(&self, older_than: Duration) -> Vec<(Channel, u64, u64)> {
+        let state = self.lock();
+        let now = Instant::now();
+        state
+            .logs
+            .iter()
+            .filter_map(|(&channel, log)| {
+                let (&seq, held) = log.held.first_key_value()?;
+                (now - held.arrived >= older_than).then(|| (channel, log.next_seq - 1, seq))
+            })
+            .collect()
+    }
+
+    /// In a cluster: `found`, read from the database (oldest first), goes out in order with
+    /// what was held; with `known_below`, every seq below it is known (a missing one was
+    /// deleted), and so are those below the newest found.
+    pub fn fill(&self, channel: Channel, found: Vec<ChatMessage>, known_below: Option<u64>) {
+        let mut state = self.lock();
+        let Some(log) = state.logs.get_mut(&channel) else { return };
+        let newest = found.last().map_or(0, |message| message.seq + 1);
+        let now = Instant::now();
+        for message in found {
+            if message.seq >= log.next_seq {
+                let held = Held { message: Arc::new(message), skip: None, arrived: now };
+                log.held.entry(held.message.seq).or_insert(held);
+            }
+        }
+        let ready = log.take_ready(newest.max(known_below.unwrap_or(0)));
+        let mut evicted = Vec::new();
+        self.send_ready(&mut state, ready, &mut evicted);
+        self.evict(&mut state, evicted);
+    }
+
+    /// The last seq delivered in `channel`, if this node knows it.
+    pub fn position(&self, channel: Channel) -> Option<u64> {
+        self.lock().logs.get(&channel).map(|log| log.next_seq - 1)
+    }
+
+    /// Each durable channel and the last seq delivered in it (for the catch-up).
+    pub fn positions(&self) -> Vec<(Channel, u64)> {
+        let state = self.lock();
+        let durable = state.logs.iter().filter(|(channel, _)| channel.is_durable());
+        durable.map(|(&channel, log)| (channel, log.next_seq - 1)).collect()
     }
 
     /// One message, and how many copies of it were queued: two atomic adds per message, none
@@ -294,9 +442,30 @@ impl Hub {
     }
 
     /// Says `body` from `from` to everyone else in its channel; its seq, if it was sent.
+    #[cfg(test)]
     pub fn publish(&self, from: PeerId, author: Author, body: Body) -> Option<u64> {
+        match self.publish_acked(from, author, body, false) {
+            Published::Sent(seq) => Some(seq),
+            _ => None,
+        }
+    }
+
+    /// Says `body` from `from` to everyone else in its channel. In a cluster a message of a
+    /// durable channel goes to the sequencer first; `ack` then asks for `{"sent"}` once it
+    /// has its seq (a server alone gives the seq at once, and the caller acknowledges).
+    pub fn publish_acked(&self, from: PeerId, author: Author, body: Body, ack: bool) -> Published {
         let mut state = self.lock();
-        let channel = state.peers.get(&from)?.channel;
+        let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else {
+            return Published::Gone;
+        };
+        if let Some(sequencer) = self.sequencer_for(channel) {
+            let sender = Some((from, ack));
+            let draft = Draft { channel, author, body, late: false, sender, schedule: None };
+            return match sequencer.send(draft) {
+                Ok(()) => Published::Sequencing,
+                Err(refused) => Published::Refused(refused.to_string()),
+            };
+        }
         let message = state.stamp(channel, author, body, false);
         let seq = message.seq;
         let mut evicted = Vec::new();
@@ -306,7 +475,7 @@ impl Hub {
             self.store.record(Change::Message(message));
         }
         self.evict(&mut state, evicted);
-        Some(seq)
+        Published::Sent(seq)
     }
 
     /// Delivers a scheduled message to everyone in `channel` (its sender included). The
@@ -319,6 +488,15 @@ impl Hub {
         body: Body,
         late: bool,
     ) {
+        if let Some(sequencer) = self.sequencer_for(channel) {
+            // Sent only if this node is the one that deletes the schedule's row.
+            let draft = Draft { channel, author, body, late, sender: None, schedule: id };
+            if let Err(refused) = sequencer.send(draft) {
+                // Still in the database: the sweep of some node delivers it, late.
+                tracing::warn!(?id, %refused, "a due schedule could not be sequenced now");
+            }
+            return;
+        }
         let mut state = self.lock();
         if !state.logs.contains_key(&channel) {
             // A room that has emptied: nobody to deliver to, and never anyone again.
@@ -980,6 +1158,47 @@ mod tests {
 
     fn seqs(frames: &[serde_json::Value]) -> Vec<u64> {
         frames.iter().filter_map(|frame| frame["seq"].as_u64()).collect()
+    }
+
+    fn sequenced(seq: u64, sender: Option<(PeerId, bool)>) -> Sequenced {
+        let body = Body::Text(format!("m{seq}"));
+        let message = ChatMessage::new(Channel::Feed, seq, Author::from("a"), body, 0, false);
+        Sequenced { message: Arc::new(message), sender }
+    }
+
+    #[test]
+    fn in_a_cluster_each_channel_goes_out_in_seq_order_once_and_gaps_are_filled() {
+        let hub = hub(3, 5);
+        let (sender, sender_box) = member(&hub, Catchup::Latest);
+        let (_, reader) = member(&hub, Catchup::Latest);
+        // Its own message came back through Redis too, and another node's overtook it.
+        let batch = [2, 1, 1, 2, 3].map(|seq| sequenced(seq, (seq == 1).then_some((sender, true))));
+        hub.deliver_sequenced(&batch);
+        assert_eq!(seqs(&frames(&reader)), [1, 2, 3]);
+        let own = frames(&sender_box);
+        assert_eq!(own[0]["sent"]["seq"], 1, "acknowledged once it has its seq");
+        assert_eq!(seqs(&own), [2, 3], "a sender does not get its own message back");
+        // 4 never comes (it was deleted): 5 and 6 wait until the database says so.
+        hub.deliver_sequenced(&[sequenced(6, None), sequenced(5, None)]);
+        assert!(seqs(&frames(&reader)).is_empty());
+        assert!(hub.gaps(Duration::from_secs(60)).is_empty(), "not yet overdue");
+        assert_eq!(hub.gaps(Duration::ZERO), [(Channel::Feed, 3, 5)]);
+        hub.fill(Channel::Feed, Vec::new(), Some(5));
+        assert_eq!(seqs(&frames(&reader)), [5, 6]);
+        assert!(hub.gaps(Duration::ZERO).is_empty());
+        // A catch-up brings what Redis lost, with a deleted one (8) missing.
+        let found = [7, 9]
+            .into_iter()
+            .map(|seq| {
+                let body = Body::Text(format!("m{seq}"));
+                ChatMessage::new(Channel::Feed, seq, Author::from("a"), body, 0, false)
+            })
+            .collect();
+        hub.fill(Channel::Feed, found, None);
+        assert_eq!(seqs(&frames(&reader)), [7, 9]);
+        assert_eq!(hub.position(Channel::Feed), Some(9));
+        hub.deliver_sequenced(&[sequenced(9, None), sequenced(10, None)]);
+        assert_eq!(seqs(&frames(&reader)), [10]);
     }
 
     #[test]
