@@ -82,6 +82,13 @@ impl Broker {
         }
     }
 
+    /// Tells the other nodes that message `seq` of `channel` was taken back here.
+    pub fn deleted(&self, channel: Channel, seq: u64) {
+        if let (Broker::Redis(redis), Some(key)) = (self, channel.store_key()) {
+            redis.send(Envelope::Deleted { node: redis.node.clone(), channel: key.into(), seq });
+        }
+    }
+
     /// `None` for a server alone.
     pub fn health(&self) -> Option<BrokerHealth> {
         match self {
@@ -100,6 +107,7 @@ impl Broker {
 enum Envelope {
     Messages { node: String, messages: Vec<WireMessage> },
     Room { node: String, name: String, topic: String, owner: String, created_ms: i64 },
+    Deleted { node: String, channel: String, seq: u64 },
 }
 
 /// A sequenced message between nodes: the store's columns.
@@ -211,7 +219,7 @@ async fn run_publisher(
         }
         let Some(redis) = connection.as_mut() else { continue };
         let target = match envelope {
-            Envelope::Messages { .. } => &messages,
+            Envelope::Messages { .. } | Envelope::Deleted { .. } => &messages,
             Envelope::Room { .. } => &rooms,
         };
         let Ok(payload) = serde_json::to_string(&envelope) else { continue };
@@ -285,8 +293,15 @@ fn receive(hub: &Hub, node: &str, payload: &str) {
         }
     };
     match envelope {
-        Envelope::Messages { node: from, .. } | Envelope::Room { node: from, .. }
+        Envelope::Messages { node: from, .. }
+        | Envelope::Room { node: from, .. }
+        | Envelope::Deleted { node: from, .. }
             if from == node => {}
+        Envelope::Deleted { channel, seq, .. } => {
+            if let Some(channel) = Channel::from_store_key(&channel) {
+                hub.deleted_elsewhere(channel, seq);
+            }
+        }
         Envelope::Messages { messages, .. } => {
             let batch: Vec<Sequenced> = messages
                 .into_iter()

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::broker::Broker;
 use crate::frame::Frame;
 use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
@@ -228,8 +229,9 @@ pub struct Hub {
     limits: HistoryLimits,
     counters: Counters,
     /// In a cluster: where messages of durable channels go for their seq, instead of being
-    /// stamped here (see [`sequencer`](crate::sequencer)). Unset for a server alone.
-    sequencer: OnceLock<Arc<Drafts>>,
+    /// stamped here (see [`sequencer`](crate::sequencer)), and how the other nodes hear of a
+    /// deletion. Unset for a server alone.
+    sequencer: OnceLock<(Arc<Drafts>, Arc<Broker>)>,
 }
 
 /// What became of a message handed to [`Hub::publish_acked`].
@@ -285,14 +287,32 @@ impl Hub {
         Hub { state: Mutex::new(state), store, limits, counters, sequencer: OnceLock::new() }
     }
 
-    /// Cluster mode: from now on messages of durable channels get their seq from `drafts`.
-    pub fn use_sequencer(&self, drafts: Arc<Drafts>) {
-        let _ = self.sequencer.set(drafts);
+    /// Cluster mode: from now on messages of durable channels get their seq from `drafts`,
+    /// and deletions are told to the other nodes through `broker`.
+    pub fn use_sequencer(&self, drafts: Arc<Drafts>, broker: Arc<Broker>) {
+        let _ = self.sequencer.set((drafts, broker));
     }
 
     /// The sequencer, if `channel`'s messages must go through it.
     fn sequencer_for(&self, channel: Channel) -> Option<&Drafts> {
-        self.sequencer.get().filter(|_| channel.is_durable()).map(|drafts| &**drafts)
+        self.sequencer.get().filter(|_| channel.is_durable()).map(|(drafts, _)| &**drafts)
+    }
+
+    /// In a cluster: message SEQ of `channel` was taken back on another node (which checked
+    /// its author and told the store): it goes from the recent ones here, and everyone here in
+    /// the channel is told.
+    pub fn deleted_elsewhere(&self, channel: Channel, seq: u64) {
+        let mut state = self.lock();
+        let Some(log) = state.logs.get_mut(&channel) else { return };
+        log.recent.retain(|message| message.seq != seq);
+        if log.taken_back.len() == TAKEN_BACK_KEPT {
+            log.taken_back.pop_front();
+        }
+        log.taken_back.push_back(seq);
+        let frame = protocol::deleted_frame(channel.wire_name(), seq);
+        let mut evicted = Vec::new();
+        state.send_to_channel(channel, None, &frame, &mut evicted);
+        self.evict(&mut state, evicted);
     }
 
     /// In a cluster: messages with their seqs, from this node's sequencer or (through the
@@ -614,6 +634,9 @@ impl Hub {
         }
         if channel.is_durable() {
             self.store.record(Change::Deleted { channel, seq });
+            if let Some((_, broker)) = self.sequencer.get() {
+                broker.deleted(channel, seq);
+            }
         }
         self.evict(state, evicted);
     }

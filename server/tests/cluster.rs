@@ -185,6 +185,13 @@ async fn history_resume_and_named_rooms_work_on_any_node() -> Result<()> {
         recv_json(&mut resumed).await?
     };
     ensure!(page.to_string().contains("m1") && page.to_string().contains("m2"), "{page}");
+    // Taken back on one node: gone on the other too.
+    sender.send_json(&json!({"delete": 5})).await?;
+    let deleted = recv_json(&mut resumed).await?;
+    ensure!(deleted == json!({"deleted": {"channel": "feed", "seq": 5}}), "{deleted}");
+    let mut newcomer = join(&format!("{}?after=3", two.ws_url())).await?;
+    ensure!(read_chat(&mut newcomer, 1).await? == [(4, "m4".into())]);
+    newcomer.expect_silence(Duration::from_millis(300)).await?;
 
     // A room made on one node is there on the other; the accounts are the same everywhere.
     let (cookie, _) = account(&one, "ada").await?;
