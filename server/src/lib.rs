@@ -205,7 +205,8 @@ impl Server {
                 let redis =
                     RedisBroker::start(redis, counters.broker_round_trip.clone(), started.clone())?;
                 let broker = Arc::new(Broker::Redis(redis));
-                let drafts = sequencer::start(&database_url, hub.clone(), broker.clone())?;
+                let keep = limits.history_keep;
+                let drafts = sequencer::start(&database_url, keep, hub.clone(), broker.clone())?;
                 hub.use_sequencer(drafts.clone(), broker.clone());
                 let filler = GapFiller::start(hub.clone(), postgres);
                 let _ = started.set((hub.clone(), filler.clone()));

@@ -679,13 +679,7 @@ impl Batches for PostgresBatches {
     }
 
     fn prune(&mut self, name: &str, keep: usize) -> anyhow::Result<()> {
-        self.with_connection(|client, _| {
-            client.execute(
-                "DELETE FROM messages WHERE channel = $1
-                   AND seq <= (SELECT max(seq) FROM messages WHERE channel = $1) - $2",
-                &[&name, &(keep as i64)],
-            )
-        })?;
+        self.with_connection(|client, _| prune_channel(client, name, keep))?;
         Ok(())
     }
 
@@ -696,6 +690,19 @@ impl Batches for PostgresBatches {
     fn place(&self) -> String {
         self.place.clone()
     }
+}
+
+/// Deletes all but the newest `keep` messages of the channel named `name`.
+pub(crate) fn prune_channel(
+    client: &mut Client,
+    name: &str,
+    keep: usize,
+) -> Result<u64, postgres::Error> {
+    client.execute(
+        "DELETE FROM messages WHERE channel = $1
+           AND seq <= (SELECT max(seq) FROM messages WHERE channel = $1) - $2",
+        &[&name, &(keep as i64)],
+    )
 }
 
 /// Inserts `messages` (of durable channels; others are skipped) with one statement.

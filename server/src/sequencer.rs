@@ -23,7 +23,7 @@
 //! node that accepted them died, or is far behind): `FOR UPDATE SKIP LOCKED`, deleted and
 //! delivered (marked late) in the same transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +33,9 @@ use postgres::{Client, NoTls, Statement};
 use crate::broker::Broker;
 use crate::hub::{Hub, PeerId};
 use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
-use crate::postgres::{INSERT_MESSAGES, PostgresStore, insert_messages, schedule_from_row};
+use crate::postgres::{
+    INSERT_MESSAGES, PostgresStore, insert_messages, prune_channel, schedule_from_row,
+};
 
 /// Drafts waiting for the sequencer at most; past this a sender is told the server is busy
 /// (PostgreSQL is slow or away), rather than the server's memory growing.
@@ -52,6 +54,10 @@ pub const ORPHANED_AFTER: Duration = Duration::from_secs(3);
 
 /// Orphaned schedules claimed per sweep at most.
 const SWEEP_BATCH: i64 = 100;
+
+/// How often old messages of the channels this node sequenced are deleted (`--history-keep`;
+/// in a cluster the store's writer inserts no messages, so the sequencer prunes).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// A failing database is logged at most this often.
 const LOG_FAILURE_EVERY: Duration = Duration::from_secs(60);
@@ -114,7 +120,13 @@ impl Drafts {
 /// Starts the sequencer thread on a connection of its own to `url`; it hands what it
 /// sequences to `hub` and `broker`. Fails only if the thread cannot be started: the database
 /// is (re)connected to in the thread, retrying.
-pub fn start(url: &str, hub: Arc<Hub>, broker: Arc<Broker>) -> anyhow::Result<Arc<Drafts>> {
+/// `keep` is `--history-keep`: messages kept per channel.
+pub fn start(
+    url: &str,
+    keep: usize,
+    hub: Arc<Hub>,
+    broker: Arc<Broker>,
+) -> anyhow::Result<Arc<Drafts>> {
     let config = crate::postgres::connection_config(url)?;
     let (queue, drafts) = mpsc::sync_channel(DRAFT_BACKLOG);
     let (finished_tx, finished) = mpsc::channel();
@@ -125,6 +137,9 @@ pub fn start(url: &str, hub: Arc<Hub>, broker: Arc<Broker>) -> anyhow::Result<Ar
         hub,
         broker,
         last_failure_log: None,
+        keep,
+        sequenced_in: BTreeSet::new(),
+        last_prune: Instant::now(),
     };
     std::thread::Builder::new().name("sequencer".into()).spawn(move || {
         sequencer.run(drafts);
@@ -140,6 +155,10 @@ struct Sequencer {
     hub: Arc<Hub>,
     broker: Arc<Broker>,
     last_failure_log: Option<Instant>,
+    keep: usize,
+    /// The channels sequenced here since the last prune.
+    sequenced_in: BTreeSet<&'static str>,
+    last_prune: Instant,
 }
 
 impl Sequencer {
@@ -165,6 +184,9 @@ impl Sequencer {
                     }
                 }
             }
+            if open && self.last_prune.elapsed() >= PRUNE_EVERY {
+                self.prune();
+            }
             let sweep = open && last_sweep.elapsed() >= TICK;
             if batch.is_empty() && !sweep {
                 continue;
@@ -176,6 +198,8 @@ impl Sequencer {
                         last_sweep = Instant::now();
                     }
                     if !sequenced.is_empty() {
+                        let names = sequenced.iter().filter_map(|s| s.message.channel.store_key());
+                        self.sequenced_in.extend(names);
                         self.hub.deliver_sequenced(&sequenced);
                         self.broker.publish(&sequenced);
                     }
@@ -193,6 +217,19 @@ impl Sequencer {
                     // bound then tells senders the server is busy.
                     std::thread::sleep(TICK);
                 }
+            }
+        }
+    }
+
+    /// Deletes all but the newest `--history-keep` messages of the channels sequenced here
+    /// lately (several nodes doing it at once is harmless).
+    fn prune(&mut self) {
+        self.last_prune = Instant::now();
+        let Some((client, _)) = self.connected.as_mut() else { return };
+        for name in std::mem::take(&mut self.sequenced_in) {
+            if let Err(error) = prune_channel(client, name, self.keep) {
+                tracing::debug!(%error, "pruning old messages failed; will try again");
+                return;
             }
         }
     }
