@@ -507,7 +507,7 @@ async fn run_once(
         let outcome = match workload {
             Workload::Fanout { clients, senders, messages, rate } => {
                 let config = Fanout {
-                    url: server.ws_url(),
+                    urls: vec![server.ws_url()],
                     clients,
                     senders,
                     messages,
@@ -524,7 +524,7 @@ async fn run_once(
                     fill(&server, prefill, deadline).await?;
                 }
                 let config = Idle {
-                    url: server.ws_url(),
+                    urls: vec![server.ws_url()],
                     clients,
                     server_pid: Some(pid),
                     concurrency: 64,

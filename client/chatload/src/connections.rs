@@ -58,11 +58,11 @@ pub fn raise_open_file_limit() -> Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit failed")
 }
 
-/// Opens `count` connections to `url`, at most `concurrency` handshakes at a time, and waits
+/// Opens `count` connections, the i-th to `urls[i % urls.len()]`, at most `concurrency` handshakes at a time, and waits
 /// for each to receive its `{"id":..}` frame (from then on the server broadcasts to it).
 /// Returns the sockets in a stable order and the time it took.
 pub async fn open(
-    url: &str,
+    urls: &[String],
     count: usize,
     concurrency: usize,
     deadline: Instant,
@@ -70,8 +70,9 @@ pub async fn open(
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
+    anyhow::ensure!(!urls.is_empty(), "no URL to connect to");
     for index in 0..count {
-        let (url, permits) = (url.to_owned(), permits.clone());
+        let (url, permits) = (urls[index % urls.len()].clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             (index, connect_one(&url).await)

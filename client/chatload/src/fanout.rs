@@ -44,7 +44,9 @@ const MAX_DELIVERIES: u64 = 100_000_000;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Fanout {
-    pub url: String,
+    /// Connection i goes to `urls[i % urls.len()]`: several URLs spread the clients over
+    /// the nodes of a cluster.
+    pub urls: Vec<String>,
     pub clients: usize,
     pub senders: usize,
     pub messages: u32,
@@ -178,7 +180,9 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
     if expected > MAX_DELIVERIES {
         bail!("{expected} deliveries is more than one run records (at most {MAX_DELIVERIES})");
     }
-    connections::require_loopback(&config.url).await?;
+    for url in &config.urls {
+        connections::require_loopback(url).await?;
+    }
     connections::raise_open_file_limit()?;
     if let Some(pid) = config.server_pid {
         crate::process_stats::check_readable(pid)?;
@@ -190,7 +194,7 @@ pub async fn run(config: &Fanout) -> Result<FanoutReport> {
     let cpu_before_connect = config.server_pid.map(CpuTime::read).transpose()?;
 
     let (sockets, connect_time) =
-        connections::open(&config.url, config.clients, config.concurrency, deadline).await?;
+        connections::open(&config.urls, config.clients, config.concurrency, deadline).await?;
 
     let cpu_before_send = config.server_pid.map(CpuTime::read).transpose()?;
     let total_messages = config.senders * config.messages as usize;

@@ -44,7 +44,7 @@ pub async fn fill(server: &RunningServer, messages: u32, deadline: Duration) -> 
     while left > 0 {
         let chunk = left.min(FILL_CHUNK);
         let config = Fanout {
-            url: server.ws_url(),
+            urls: vec![server.ws_url()],
             clients: 2,
             senders: 1,
             // The sender's end marker is a message of the feed too.

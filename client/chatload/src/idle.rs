@@ -17,7 +17,9 @@ use crate::process_stats::{self, CpuTime, Memory};
 
 #[derive(Debug, Clone)]
 pub struct Idle {
-    pub url: String,
+    /// Connection i goes to `urls[i % urls.len()]`: several URLs spread the clients over
+    /// the nodes of a cluster.
+    pub urls: Vec<String>,
     pub clients: usize,
     pub server_pid: Option<u32>,
     pub concurrency: usize,
@@ -60,7 +62,9 @@ pub struct IdleServerUsage {
 }
 
 pub async fn run(config: &Idle) -> Result<IdleReport> {
-    connections::require_loopback(&config.url).await?;
+    for url in &config.urls {
+        connections::require_loopback(url).await?;
+    }
     connections::raise_open_file_limit()?;
     if let Some(pid) = config.server_pid {
         process_stats::check_readable(pid)?;
@@ -70,7 +74,7 @@ pub async fn run(config: &Idle) -> Result<IdleReport> {
     let before = config.server_pid.map(Memory::read).transpose()?;
     let cpu_before = config.server_pid.map(CpuTime::read).transpose()?;
     let (sockets, _) =
-        connections::open(&config.url, config.clients, config.concurrency, deadline).await?;
+        connections::open(&config.urls, config.clients, config.concurrency, deadline).await?;
 
     // Each connection is read by a small task, which counts its history frames, notices a
     // connection the server drops, and lets pings be answered, while all are held. A task

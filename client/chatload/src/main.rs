@@ -2,6 +2,7 @@
 //!
 //! - `chatload fanout --url ws://127.0.0.1:PORT/ --clients N --senders S --messages M`: S of N
 //!   connections send M messages each; every other connection must get each exactly once.
+//!   `--url A --url B` (or `--url A,B`) spreads the connections over the nodes of a cluster.
 //! - `chatload idle --url ... --clients N --server-pid PID`: server memory per idle connection.
 //! - `chatload compare`: builds `lesson05` and `server` in release mode and runs the standard
 //!   configurations against both, printing a markdown table (see docs/PERFORMANCE.md);
@@ -45,9 +46,10 @@ enum Command {
 
 #[derive(Args)]
 struct Target {
-    /// The server's WebSocket URL; its host must be a loopback address.
-    #[arg(long)]
-    url: String,
+    /// The server's WebSocket URL; its host must be a loopback address. Repeat it (or separate
+    /// URLs with commas) to spread the clients over the nodes of a cluster, in turn.
+    #[arg(long = "url", required = true, value_delimiter = ',')]
+    urls: Vec<String>,
     /// How many connections to open.
     #[arg(long, default_value_t = 100)]
     clients: usize,
@@ -114,7 +116,7 @@ fn main() -> Result<()> {
                     (None, None) => Pace::default_window(args.senders),
                 };
                 let config = Fanout {
-                    url: args.target.url,
+                    urls: args.target.urls,
                     clients: args.target.clients,
                     senders: args.senders,
                     messages: args.messages,
@@ -137,7 +139,7 @@ fn main() -> Result<()> {
             }
             Command::Idle(args) => {
                 let config = Idle {
-                    url: args.target.url,
+                    urls: args.target.urls,
                     clients: args.target.clients,
                     server_pid: args.target.server_pid,
                     concurrency: args.target.concurrency,
