@@ -13,12 +13,19 @@
 //! - once subscribed again, the node catches up every channel from PostgreSQL, so its clients
 //!   get what was said meanwhile, in order, each once.
 //!
+//! Who is online is shared differently: every [`HEARTBEAT_EVERY`] each node writes who is on it
+//! (the feed's and each named room's people) to the key `PREFIX:presence:NODE`, which expires
+//! after [`PRESENCE_TTL`], and reads the other nodes' keys. `{"who"}` and the rooms' online
+//! counts add those people to the node's own. A node that dies stops renewing its key: its
+//! people are gone from everyone's counts within `PRESENCE_TTL + HEARTBEAT_EVERY` (4 s).
+//!
 //! Publishing is done by a task of its own, from a bounded queue: the sequencer never waits
 //! on Redis, and what cannot be published (Redis away, the queue full) is dropped, because
 //! the catch-up will bring it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -38,6 +45,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long connecting to Redis and each command may take before it counts as failed.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often each node writes who is on it, and reads who is on the others.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a node's presence key lasts without being renewed: three heartbeats, so that one
+/// slow round does not make a node's people vanish and come back.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(3);
 
 /// Batches waiting to be published at most; more are dropped (the catch-up brings them).
 const PUBLISH_BACKLOG: usize = 1024;
@@ -87,6 +101,21 @@ impl Broker {
         if let (Broker::Redis(redis), Some(key)) = (self, channel.store_key()) {
             redis.send(Envelope::Deleted { node: redis.node.clone(), channel: key.into(), seq });
         }
+    }
+
+    /// The people on the other nodes in `channel` (the feed or a named room), as they last
+    /// said; none for a server alone, or while Redis is away.
+    pub fn people_elsewhere(&self, channel: Channel) -> Vec<Author> {
+        let Broker::Redis(redis) = self else { return Vec::new() };
+        let elsewhere = redis.elsewhere.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_channel = |presence: &NodePresence| match channel {
+            Channel::Feed => presence.feed.clone(),
+            Channel::Named(_) => {
+                presence.rooms.get(channel.wire_name()).cloned().unwrap_or_default()
+            }
+            Channel::Room(_) => Vec::new(),
+        };
+        elsewhere.iter().flat_map(in_channel).map(Person::into_author).collect()
     }
 
     /// `None` for a server alone.
@@ -147,6 +176,31 @@ impl WireMessage {
     }
 }
 
+/// Who is on one node, as its presence key holds it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodePresence {
+    pub feed: Vec<Person>,
+    /// By room name; only rooms with someone in them.
+    pub rooms: BTreeMap<String, Vec<Person>>,
+}
+
+/// One person (an account's tabs, or a guest's connection) in a [`NodePresence`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Person {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+impl Person {
+    pub fn of(author: &Author) -> Person {
+        Person { id: author.id.to_string(), name: author.name.as_deref().map(str::to_owned) }
+    }
+
+    fn into_author(self) -> Author {
+        Author { id: self.id.into(), name: self.name.map(Into::into) }
+    }
+}
+
 /// How a node reaches Redis, from the command line.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
@@ -159,6 +213,8 @@ pub struct RedisBroker {
     node: String,
     outgoing: mpsc::Sender<Envelope>,
     subscribed: Arc<AtomicBool>,
+    /// The other nodes' presence, as read at the last heartbeat.
+    elsewhere: Arc<Mutex<Vec<NodePresence>>>,
 }
 
 impl RedisBroker {
@@ -187,6 +243,14 @@ impl RedisBroker {
             queue,
             round_trip,
         ));
+        let elsewhere = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(run_heartbeat(
+            client.clone(),
+            channel("presence"),
+            options.node.clone(),
+            elsewhere.clone(),
+            hub.clone(),
+        ));
         tokio::spawn(run_subscriber(
             client,
             [channel("messages"), channel("rooms")],
@@ -194,7 +258,7 @@ impl RedisBroker {
             subscribed.clone(),
             hub,
         ));
-        Ok(RedisBroker { node: options.node, outgoing, subscribed })
+        Ok(RedisBroker { node: options.node, outgoing, subscribed, elsewhere })
     }
 }
 
@@ -233,6 +297,85 @@ async fn run_publisher(
             }
         }
     }
+}
+
+/// Every [`HEARTBEAT_EVERY`]: writes who is on this node under `PREFIX:presence:NODE` (expiring
+/// after [`PRESENCE_TTL`]) and reads the other nodes' keys into `elsewhere`. While Redis is
+/// away `elsewhere` is empty: each node then counts its own people only.
+async fn run_heartbeat(
+    client: redis::Client,
+    keys: String,
+    node: String,
+    elsewhere: Arc<Mutex<Vec<NodePresence>>>,
+    hub: Arc<OnceLock<(Arc<Hub>, Arc<GapFiller>)>>,
+) {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT));
+    let own = format!("{keys}:{node}");
+    let mut connection = None;
+    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some((hub, _)) = hub.get() else { continue };
+        let Ok(mine) = serde_json::to_string(&hub.presence()) else { continue };
+        if connection.is_none() {
+            connection = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+        }
+        let Some(redis) = connection.as_mut() else {
+            lock(&elsewhere).clear();
+            continue;
+        };
+        match heartbeat(redis, &keys, &own, mine).await {
+            Ok(others) => *lock(&elsewhere) = others,
+            Err(error) => {
+                tracing::debug!(%error, "presence heartbeat failed; reconnecting");
+                lock(&elsewhere).clear();
+                connection = None;
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Scan rounds for presence keys at most (100 keys a round): far more nodes than a cluster has.
+const SCAN_ROUNDS: usize = 100;
+
+/// One heartbeat: this node's key written, the others' read (SCAN, then MGET).
+async fn heartbeat(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &str,
+    own: &str,
+    mine: String,
+) -> redis::RedisResult<Vec<NodePresence>> {
+    let ttl = PRESENCE_TTL.as_millis() as u64;
+    redis::cmd("SET").arg(own).arg(mine).arg("PX").arg(ttl).exec_async(redis).await?;
+    let (pattern, mut cursor, mut found) = (format!("{keys}:*"), 0_u64, Vec::new());
+    for _ in 0..SCAN_ROUNDS {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(100)
+            .query_async(redis)
+            .await?;
+        found.extend(page.into_iter().filter(|key| key != own));
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&found).query_async(redis).await?;
+    // A key that expired between SCAN and MGET is a node gone: skipped.
+    Ok(values.into_iter().flatten().filter_map(|json| serde_json::from_str(&json).ok()).collect())
 }
 
 async fn run_subscriber(

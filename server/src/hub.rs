@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, NodePresence, Person};
 use crate::frame::Frame;
 use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
@@ -386,6 +386,36 @@ impl Hub {
         let mut evicted = Vec::new();
         self.send_ready(&mut state, ready, &mut evicted);
         self.evict(&mut state, evicted);
+    }
+
+    /// Who is on this node, for the other nodes' counts: the feed's people and each named
+    /// room's, each person once.
+    pub fn presence(&self) -> NodePresence {
+        let state = self.lock();
+        let feed: Vec<PeerId> = state
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.channel == Channel::Feed)
+            .map(|(&id, _)| id)
+            .collect();
+        let people = |members: &[PeerId]| -> Vec<Person> {
+            state.people(members).into_iter().map(Person::of).collect()
+        };
+        let rooms = state
+            .named
+            .iter()
+            .filter(|(_, room)| !room.members.is_empty())
+            .map(|(name, room)| (name.clone(), people(&room.members)))
+            .collect();
+        NodePresence { feed: people(&feed), rooms }
+    }
+
+    /// The people on other nodes in `channel` (none for a server alone).
+    fn people_elsewhere(&self, channel: Channel) -> Vec<Author> {
+        match self.sequencer.get() {
+            Some((_, broker)) => broker.people_elsewhere(channel),
+            None => Vec::new(),
+        }
     }
 
     /// The last seq delivered in `channel`, if this node knows it.
@@ -779,13 +809,14 @@ impl Hub {
     /// Every named room, by name, with how many people are in it.
     pub fn rooms(&self) -> Vec<RoomInfo> {
         let state = self.lock();
+        let elsewhere = |channel| self.people_elsewhere(channel);
         state
             .named
             .iter()
             .map(|(name, room)| RoomInfo {
                 name: name.clone(),
                 topic: room.topic.clone(),
-                online: state.people(&room.members).len(),
+                online: count_people(state.people(&room.members), &elsewhere(room.channel)),
             })
             .collect()
     }
@@ -874,16 +905,17 @@ impl Hub {
                 }
                 let feed = state.peers.iter().filter(|(_, peer)| peer.channel == Channel::Feed);
                 let members: Vec<PeerId> = feed.map(|(&id, _)| id).collect();
-                let people = state.people(&members);
-                let frame = protocol::who_frame(people.len(), &people);
+                let elsewhere = self.people_elsewhere(Channel::Feed);
+                let frame = who_frame(state.people(&members), &elsewhere);
                 state.feed_who = Some((Instant::now(), frame.clone()));
                 return frame;
             }
             Some(channel) => state.members_of(channel).to_vec(),
             None => Vec::new(),
         };
-        let people = state.people(&members);
-        protocol::who_frame(people.len(), &people)
+        let channel = state.peers.get(&id).map(|peer| peer.channel);
+        let elsewhere = channel.map(|channel| self.people_elsewhere(channel)).unwrap_or_default();
+        who_frame(state.people(&members), &elsewhere)
     }
 
     pub fn census(&self) -> Census {
@@ -940,6 +972,19 @@ fn catchup_frames(log: &Log, catchup: Catchup, limits: &HistoryLimits) -> Vec<Fr
         .into_iter()
         .chain(messages.into_iter().map(|message| message.history_frame().clone()))
         .collect()
+}
+
+/// `{"who"}`: this node's `people` and those `elsewhere` in the cluster, each person once.
+fn who_frame<'a>(mut people: Vec<&'a Author>, elsewhere: &'a [Author]) -> Frame {
+    let mut seen: HashSet<&str> = people.iter().map(|author| &*author.id).collect();
+    people.extend(elsewhere.iter().filter(|author| seen.insert(&author.id)));
+    protocol::who_frame(people.len(), &people)
+}
+
+/// How many people are `here` and `elsewhere` together, each once.
+fn count_people(here: Vec<&Author>, elsewhere: &[Author]) -> usize {
+    let mut seen: HashSet<&str> = here.iter().map(|author| &*author.id).collect();
+    here.len() + elsewhere.iter().filter(|author| seen.insert(&author.id)).count()
 }
 
 fn unknown_message(seq: u64) -> String {

@@ -384,3 +384,49 @@ async fn redis_without_a_postgresql_database_is_refused_with_one_line() -> Resul
     }
     Ok(())
 }
+
+/// Asks `{"who"}` until its count is `count` (other frames are skipped); how long it took.
+async fn wait_who(conn: &mut Connection, count: u64) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        conn.send_json(&json!({"who": true})).await?;
+        let frame = recv_json(conn).await?;
+        if frame["who"]["count"] == count {
+            return Ok(started.elapsed());
+        }
+        ensure!(started.elapsed() < PATIENCE, "who never counted {count}: {frame}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn online_counts_span_the_nodes_and_a_dead_nodes_people_leave_within_seconds() -> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let mut one = cluster.node("n1").await?;
+    let two = cluster.node("n2").await?;
+    let (cookie, _) = account(&one, "ada").await?;
+    let created =
+        post(&one, "/api/rooms", &[("Cookie", &cookie)], &json!({"name": "rust"})).await?;
+    ensure!(created.status == 201, "{created:?}");
+    let _guest_on_one = join(&one.ws_url()).await?;
+    let mut ada_on_one = account_tab(&one, &cookie).await?;
+    enter_room(&mut ada_on_one, "rust").await?;
+    let mut here = join(&two.ws_url()).await?;
+    // The feed: a guest on each node.
+    wait_who(&mut here, 2).await?;
+    // The room, in /api/rooms on the other node.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let rooms = request(two.port(), "GET", "/api/rooms", &[], None).await?.json()?;
+        if rooms.to_string().contains(r#""online":1"#) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the room's person never counted on n2: {rooms}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill_hard(&mut one).await?;
+    let gone = wait_who(&mut here, 1).await?;
+    // The key's 3 s, a heartbeat, and the feed's answer made at most once a second.
+    ensure!(gone < Duration::from_secs(6), "the dead node's people stayed {gone:?}");
+    Ok(())
+}
