@@ -420,14 +420,20 @@ impl Api<'_> {
         Ok(profile(StatusCode::OK, &account))
     }
 
+    /// Tells the hub (and in a cluster the other nodes) about `account`'s new name or picture.
+    fn profile_changed(&self, account: &StoredAccount) {
+        let name = self.server.accounts.names.set(&account.id, &account.name);
+        self.server.broker.profile_changed(&account.id, &name);
+        self.server.hub.update_profile(&account.id, name);
+    }
+
     async fn rename(&self) -> Result<Response, ApiError> {
         let (mut account, _) = self.account().await?;
         let Rename { name } = self.json()?;
         account.name = accounts::display_name(&name).map_err(invalid)?;
         let (id, name) = (account.id.clone(), account.name.clone());
         blocking(self.server, move |store| store.set_name(&id, &name)).await?;
-        let name = self.server.accounts.names.set(&account.id, &account.name);
-        self.server.hub.update_profile(&account.id, name);
+        self.profile_changed(&account);
         Ok(profile(StatusCode::OK, &account))
     }
 
@@ -450,8 +456,7 @@ impl Api<'_> {
         let id = account.id.clone();
         blocking(self.server, move |store| store.set_avatar(&id, &png)).await?;
         // Same address, new picture: the frame tells those who show it to fetch it again.
-        let name = self.server.accounts.names.set(&account.id, &account.name);
-        self.server.hub.update_profile(&account.id, name);
+        self.profile_changed(&account);
         Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
     }
 

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -34,9 +34,9 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::hub::Hub;
+use crate::Server;
 use crate::message::{Author, Body, Channel, ChatMessage};
-use crate::sequencer::{GapFiller, Sequenced};
+use crate::sequencer::Sequenced;
 use crate::store::StoredRoom;
 
 /// The longest wait between two attempts to reach Redis again: well inside the 5 s in which a
@@ -118,6 +118,14 @@ impl Broker {
         elsewhere.iter().flat_map(in_channel).map(Person::into_author).collect()
     }
 
+    /// Tells the other nodes that account `id` has a new display name or picture.
+    pub fn profile_changed(&self, id: &str, name: &str) {
+        if let Broker::Redis(redis) = self {
+            let (id, name) = (id.to_owned(), name.to_owned());
+            redis.send(Envelope::Profile { node: redis.node.clone(), id, name });
+        }
+    }
+
     /// `None` for a server alone.
     pub fn health(&self) -> Option<BrokerHealth> {
         match self {
@@ -134,9 +142,28 @@ impl Broker {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Envelope {
-    Messages { node: String, messages: Vec<WireMessage> },
-    Room { node: String, name: String, topic: String, owner: String, created_ms: i64 },
-    Deleted { node: String, channel: String, seq: u64 },
+    Messages {
+        node: String,
+        messages: Vec<WireMessage>,
+    },
+    Room {
+        node: String,
+        name: String,
+        topic: String,
+        owner: String,
+        created_ms: i64,
+    },
+    Deleted {
+        node: String,
+        channel: String,
+        seq: u64,
+    },
+    /// An account's new display name or picture.
+    Profile {
+        node: String,
+        id: String,
+        name: String,
+    },
 }
 
 /// A sequenced message between nodes: the store's columns.
@@ -224,12 +251,12 @@ impl RedisBroker {
         }
     }
 
-    /// Starts the publishing and the subscription tasks. The subscription hands other nodes'
-    /// messages to the hub (set later, once the hub exists) and catches up through `filler`.
+    /// Starts the publishing, heartbeat and subscription tasks. They reach the server (its hub,
+    /// gap filler and account names) through `server`, set once it exists.
     pub fn start(
         options: RedisOptions,
         round_trip: Histogram,
-        hub: Arc<OnceLock<(Arc<Hub>, Arc<GapFiller>)>>,
+        server: Arc<OnceLock<Weak<Server>>>,
     ) -> anyhow::Result<RedisBroker> {
         let client = redis::Client::open(options.url.as_str())
             .map_err(|error| anyhow::anyhow!("--redis: {error}"))?;
@@ -249,14 +276,14 @@ impl RedisBroker {
             channel("presence"),
             options.node.clone(),
             elsewhere.clone(),
-            hub.clone(),
+            server.clone(),
         ));
         tokio::spawn(run_subscriber(
             client,
             [channel("messages"), channel("rooms")],
             options.node.clone(),
             subscribed.clone(),
-            hub,
+            server,
         ));
         Ok(RedisBroker { node: options.node, outgoing, subscribed, elsewhere })
     }
@@ -283,7 +310,9 @@ async fn run_publisher(
         }
         let Some(redis) = connection.as_mut() else { continue };
         let target = match envelope {
-            Envelope::Messages { .. } | Envelope::Deleted { .. } => &messages,
+            Envelope::Messages { .. } | Envelope::Deleted { .. } | Envelope::Profile { .. } => {
+                &messages
+            }
             Envelope::Room { .. } => &rooms,
         };
         let Ok(payload) = serde_json::to_string(&envelope) else { continue };
@@ -307,7 +336,7 @@ async fn run_heartbeat(
     keys: String,
     node: String,
     elsewhere: Arc<Mutex<Vec<NodePresence>>>,
-    hub: Arc<OnceLock<(Arc<Hub>, Arc<GapFiller>)>>,
+    server: Arc<OnceLock<Weak<Server>>>,
 ) {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(REDIS_TIMEOUT))
@@ -318,8 +347,9 @@ async fn run_heartbeat(
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let Some((hub, _)) = hub.get() else { continue };
-        let Ok(mine) = serde_json::to_string(&hub.presence()) else { continue };
+        let Some(server) = server.get().and_then(Weak::upgrade) else { continue };
+        let Ok(mine) = serde_json::to_string(&server.hub.presence()) else { continue };
+        drop(server);
         if connection.is_none() {
             connection = client.get_multiplexed_async_connection_with_config(&config).await.ok();
         }
@@ -383,7 +413,7 @@ async fn run_subscriber(
     channels: [String; 2],
     node: String,
     subscribed: Arc<AtomicBool>,
-    hub: Arc<OnceLock<(Arc<Hub>, Arc<GapFiller>)>>,
+    server: Arc<OnceLock<Weak<Server>>>,
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut logged_down = false;
@@ -404,15 +434,15 @@ async fn run_subscriber(
                 logged_down = false;
             }
             // Whatever was committed before the subscription took effect is read back.
-            if let Some((_, filler)) = hub.get() {
-                let filler = filler.clone();
+            let running = server.get().and_then(Weak::upgrade);
+            if let Some(filler) = running.and_then(|server| server.gap_filler.clone()) {
                 tokio::spawn(async move { filler.catch_up().await });
             }
             let mut messages = pubsub.into_on_message();
             while let Some(message) = messages.next().await {
                 let Ok(payload) = message.get_payload::<String>() else { continue };
-                let Some((hub, _)) = hub.get() else { continue };
-                receive(hub, &node, &payload);
+                let Some(server) = server.get().and_then(Weak::upgrade) else { continue };
+                receive(&server, &node, &payload);
             }
             subscribed.store(false, Ordering::Relaxed);
         }
@@ -427,7 +457,8 @@ async fn run_subscriber(
 
 /// One publication from Redis: another node's messages (this node's own come back too, and
 /// are skipped), or a named room.
-fn receive(hub: &Hub, node: &str, payload: &str) {
+fn receive(server: &Server, node: &str, payload: &str) {
+    let hub = &server.hub;
     let envelope: Envelope = match serde_json::from_str(payload) {
         Ok(envelope) => envelope,
         Err(error) => {
@@ -439,7 +470,13 @@ fn receive(hub: &Hub, node: &str, payload: &str) {
         Envelope::Messages { node: from, .. }
         | Envelope::Room { node: from, .. }
         | Envelope::Deleted { node: from, .. }
+        | Envelope::Profile { node: from, .. }
             if from == node => {}
+        Envelope::Profile { id, name, .. } => {
+            // Its open sockets here speak with the new name from their next message on.
+            let name = server.accounts.names.set(&id, &name);
+            hub.update_profile(&id, name);
+        }
         Envelope::Deleted { channel, seq, .. } => {
             if let Some(channel) = Channel::from_store_key(&channel) {
                 hub.deleted_elsewhere(channel, seq);

@@ -56,7 +56,7 @@ pub mod store;
 pub mod writer;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -198,10 +198,11 @@ impl Server {
         let hub =
             Arc::new(Hub::new(store.clone(), history, loaded.channels, rooms, counters.clone()));
         let cluster = matches!(deployment, Deployment::Cluster { .. });
+        // The broker's tasks reach the server through this once it exists.
+        let started: Arc<OnceLock<Weak<Server>>> = Arc::new(OnceLock::new());
         let (broker, sequencer, gap_filler) = match deployment {
             Deployment::Alone => (Arc::new(Broker::Local), None, None),
             Deployment::Cluster { store: postgres, database_url, redis } => {
-                let started = Arc::new(OnceLock::new());
                 let redis =
                     RedisBroker::start(redis, counters.broker_round_trip.clone(), started.clone())?;
                 let broker = Arc::new(Broker::Redis(redis));
@@ -209,7 +210,6 @@ impl Server {
                 let drafts = sequencer::start(&database_url, keep, hub.clone(), broker.clone())?;
                 hub.use_sequencer(drafts.clone(), broker.clone());
                 let filler = GapFiller::start(hub.clone(), postgres);
-                let _ = started.set((hub.clone(), filler.clone()));
                 // What was committed between loading and subscribing.
                 tokio::spawn({
                     let filler = filler.clone();
@@ -238,7 +238,7 @@ impl Server {
             fragment_timeout: limits.fragment_timeout(),
         });
         let accounts = Accounts::new(&limits.accounts);
-        Ok(Arc::new_cyclic(|server| Server {
+        let server = Arc::new_cyclic(|server| Server {
             hub,
             scheduler,
             connections,
@@ -252,7 +252,9 @@ impl Server {
             gap_filler,
             counters,
             limits,
-        }))
+        });
+        let _ = started.set(Arc::downgrade(&server));
+        Ok(server)
     }
 }
 

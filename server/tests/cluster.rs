@@ -430,3 +430,27 @@ async fn online_counts_span_the_nodes_and_a_dead_nodes_people_leave_within_secon
     ensure!(gone < Duration::from_secs(6), "the dead node's people stayed {gone:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rename_on_one_node_reaches_the_accounts_tabs_and_the_feed_on_another() -> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let (one, two) = (cluster.node("n1").await?, cluster.node("n2").await?);
+    let (cookie, profile) = account(&one, "ada").await?;
+    let id = profile["id"].as_str().unwrap_or_default().to_owned();
+    let mut tab = account_tab(&two, &cookie).await?;
+    tab.set_timeout(PATIENCE);
+    let mut reader = join(&two.ws_url()).await?;
+    let rename = json!({"name": "Countess"}).to_string();
+    let renamed =
+        request(one.port(), "PATCH", "/api/me", &[("Cookie", &cookie)], Some(&rename)).await?;
+    ensure!(renamed.status == 200, "{}", renamed.body);
+    let changed =
+        json!({"profile": {"id": id, "name": "Countess", "avatar": format!("/avatars/{id}")}});
+    ensure!(recv_json(&mut reader).await? == changed);
+    ensure!(recv_json(&mut tab).await? == changed);
+    // The tab on the other node speaks with the new name from its next message on.
+    tab.send_json(&text("renamed")).await?;
+    let next = recv_json(&mut reader).await?;
+    ensure!(next["name"] == "Countess" && next["data"]["text"] == "renamed", "{next}");
+    Ok(())
+}
