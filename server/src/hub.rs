@@ -65,6 +65,18 @@ struct Peer {
     author: Author,
     /// Fired when the hub drops this peer on its own initiative.
     evict: oneshot::Sender<Eviction>,
+    /// In a cluster: a client that resumed past what this node had delivered in the channel
+    /// (it came from a node that was ahead) has the messages up to this seq; they are not
+    /// sent to it again when they arrive here.
+    floor: Option<(Channel, u64)>,
+}
+
+impl Peer {
+    /// Whether message `seq` of `channel` (0: not a message) is to be sent to this peer.
+    fn wants(&self, channel: Channel, seq: u64) -> bool {
+        let had = |(floor_channel, floor): (Channel, u64)| floor_channel == channel && seq <= floor;
+        seq == 0 || !self.floor.is_some_and(had)
+    }
 }
 
 /// A channel's place in its history: the next seq to give and, for a durable channel, the
@@ -311,7 +323,7 @@ impl Hub {
         log.taken_back.push_back(seq);
         let frame = protocol::deleted_frame(channel.wire_name(), seq);
         let mut evicted = Vec::new();
-        state.send_to_channel(channel, None, &frame, &mut evicted);
+        state.send_to_channel(channel, None, 0, &frame, &mut evicted);
         self.evict(&mut state, evicted);
     }
 
@@ -348,7 +360,8 @@ impl Hub {
     fn send_ready(&self, state: &mut State, ready: Vec<Held>, evicted: &mut Vec<PeerId>) {
         for held in ready {
             let message = held.message;
-            let sent = state.send_to_channel(message.channel, held.skip, message.frame(), evicted);
+            let (channel, seq) = (message.channel, message.seq);
+            let sent = state.send_to_channel(channel, held.skip, seq, message.frame(), evicted);
             self.count(sent);
         }
     }
@@ -465,7 +478,9 @@ impl Hub {
         if state.closed {
             return false;
         }
+        let mut floor = None;
         if let Some(log) = state.logs.get(&Channel::Feed) {
+            let catchup = self.behind(log, Channel::Feed, catchup, &mut floor);
             for frame in catchup_frames(log, catchup, &self.limits) {
                 // A queue too small for the history keeps what fits: the client can ask
                 // for the rest page by page.
@@ -474,8 +489,28 @@ impl Hub {
                 }
             }
         }
-        state.peers.insert(id, Peer { outbox, channel: Channel::Feed, author, evict });
+        let peer = Peer { outbox, channel: Channel::Feed, author, evict, floor };
+        state.peers.insert(id, peer);
         true
+    }
+
+    /// In a cluster, a resume past the newest seq this node has delivered in `channel` is a
+    /// client that saw more on a node that was ahead (not a wiped store, as it is for a server
+    /// alone): it gets nothing now, and later only what follows its seq (`floor`).
+    fn behind(
+        &self,
+        log: &Log,
+        channel: Channel,
+        catchup: Catchup,
+        floor: &mut Option<(Channel, u64)>,
+    ) -> Catchup {
+        match catchup {
+            Catchup::After(seq) if self.sequencer.get().is_some() && seq >= log.next_seq => {
+                *floor = Some((channel, seq));
+                Catchup::After(log.next_seq - 1)
+            }
+            catchup => catchup,
+        }
     }
 
     /// Forgets a connection; a partner left alone in its room is told and waits there.
@@ -519,7 +554,7 @@ impl Hub {
         let message = state.stamp(channel, author, body, false);
         let seq = message.seq;
         let mut evicted = Vec::new();
-        let sent = state.send_to_channel(channel, Some(from), message.frame(), &mut evicted);
+        let sent = state.send_to_channel(channel, Some(from), seq, message.frame(), &mut evicted);
         self.count(sent);
         if channel.is_durable() {
             self.store.record(Change::Message(message));
@@ -557,7 +592,8 @@ impl Hub {
         }
         let message = state.stamp(channel, author, body, late);
         let mut evicted = Vec::new();
-        let sent = state.send_to_channel(channel, None, message.frame(), &mut evicted);
+        let seq = message.seq;
+        let sent = state.send_to_channel(channel, None, seq, message.frame(), &mut evicted);
         self.count(sent);
         let durable = channel.is_durable().then_some(message);
         match (id, durable) {
@@ -658,7 +694,7 @@ impl Hub {
     fn announce_deletion(&self, state: &mut State, from: PeerId, channel: Channel, seq: u64) {
         let frame = protocol::deleted_frame(channel.wire_name(), seq);
         let mut evicted = Vec::new();
-        state.send_to_channel(channel, None, &frame, &mut evicted);
+        state.send_to_channel(channel, None, 0, &frame, &mut evicted);
         if state.peers.get(&from).is_some_and(|peer| peer.channel != channel) {
             state.send_to(from, frame, &mut evicted);
         }
@@ -862,8 +898,13 @@ impl Hub {
             return Ok(());
         }
         if let Some(log) = state.logs.get(&channel) {
+            let mut floor = None;
+            let catchup = self.behind(log, channel, catchup, &mut floor);
             for frame in catchup_frames(log, catchup, &self.limits) {
                 state.send_to(id, frame, &mut evicted);
+            }
+            if let Some(peer) = state.peers.get_mut(&id) {
+                peer.floor = floor;
             }
         }
         self.evict(&mut state, evicted);
@@ -1071,11 +1112,13 @@ impl State {
         message
     }
 
-    /// Queues `frame` for everyone in `channel` but `skip`; says for how many.
+    /// Queues `frame` for everyone in `channel` but `skip` (and those who have message `seq`
+    /// already; 0: the frame is not a message); says for how many.
     fn send_to_channel(
         &mut self,
         channel: Channel,
         skip: Option<PeerId>,
+        seq: u64,
         frame: &Frame,
         evicted: &mut Vec<PeerId>,
     ) -> usize {
@@ -1083,7 +1126,8 @@ impl State {
         match channel {
             Channel::Feed => {
                 for (&id, peer) in &self.peers {
-                    if peer.channel == Channel::Feed && Some(id) != skip {
+                    if peer.channel == Channel::Feed && Some(id) != skip && peer.wants(channel, seq)
+                    {
                         offer(id, peer, frame, evicted);
                         sent += 1;
                     }
@@ -1094,6 +1138,7 @@ impl State {
                 for &id in self.named.get(name).map(|room| &room.members).into_iter().flatten() {
                     if Some(id) != skip
                         && let Some(peer) = self.peers.get(&id)
+                        && peer.wants(channel, seq)
                     {
                         offer(id, peer, frame, evicted);
                         sent += 1;
@@ -1104,6 +1149,7 @@ impl State {
                 for &id in self.rooms.get(&room).into_iter().flatten() {
                     if Some(id) != skip
                         && let Some(peer) = self.peers.get(&id)
+                        && peer.wants(channel, seq)
                     {
                         offer(id, peer, frame, evicted);
                         sent += 1;
@@ -1267,6 +1313,29 @@ mod tests {
         assert_eq!(hub.position(Channel::Feed), Some(9));
         hub.deliver_sequenced(&[sequenced(9, None), sequenced(10, None)]);
         assert_eq!(seqs(&frames(&reader)), [10]);
+    }
+
+    #[test]
+    fn in_a_cluster_a_resume_from_a_node_that_was_ahead_gets_only_what_follows() {
+        let hub = hub(3, 5);
+        hub.use_sequencer(Drafts::detached(), Arc::new(Broker::Local));
+        hub.deliver_sequenced(&[1, 2, 3].map(|seq| sequenced(seq, None)));
+        // It saw 5 on another node; this one has delivered 3 so far.
+        let (_, resumed) = member(&hub, Catchup::After(5));
+        assert!(frames(&resumed).is_empty(), "no reset: it saw more elsewhere");
+        hub.deliver_sequenced(&[4, 5, 6].map(|seq| sequenced(seq, None)));
+        assert_eq!(seqs(&frames(&resumed)), [6]);
+        // A server alone still says its store was replaced.
+        let alone = hub_alone_with(3);
+        let (_, resumed) = member(&alone, Catchup::After(5));
+        assert_eq!(frames(&resumed)[0]["history"]["reset"], true);
+    }
+
+    fn hub_alone_with(messages: usize) -> Hub {
+        let hub = hub(3, 5);
+        let (speaker, _) = member(&hub, Catchup::Latest);
+        say(&hub, speaker, messages);
+        hub
     }
 
     #[test]

@@ -117,6 +117,15 @@ impl Drafts {
     }
 }
 
+#[cfg(test)]
+impl Drafts {
+    /// A sequencer that is gone: puts a hub in cluster mode for its unit tests.
+    pub fn detached() -> Arc<Drafts> {
+        let (queue, _) = mpsc::sync_channel(1);
+        Arc::new(Drafts { queue: Mutex::new(Some(queue)), finished: Mutex::new(None) })
+    }
+}
+
 /// Starts the sequencer thread on a connection of its own to `url`; it hands what it
 /// sequences to `hub` and `broker`. Fails only if the thread cannot be started: the database
 /// is (re)connected to in the thread, retrying.

@@ -426,8 +426,9 @@ async fn online_counts_span_the_nodes_and_a_dead_nodes_people_leave_within_secon
     }
     kill_hard(&mut one).await?;
     let gone = wait_who(&mut here, 1).await?;
-    // The key's 3 s, a heartbeat, and the feed's answer made at most once a second.
-    ensure!(gone < Duration::from_secs(6), "the dead node's people stayed {gone:?}");
+    // The key's 3 s, a heartbeat and the feed's answer made at most once a second (4-5 s),
+    // with room for a loaded machine.
+    ensure!(gone < Duration::from_secs(8), "the dead node's people stayed {gone:?}");
     Ok(())
 }
 
