@@ -126,6 +126,14 @@ impl Broker {
         }
     }
 
+    /// Tells the other nodes that `author` is typing in the named room `channel`.
+    pub fn typing(&self, channel: Channel, author: &Author) {
+        if let (Broker::Redis(redis), Some(key)) = (self, channel.store_key()) {
+            let (channel, author) = (key.to_owned(), Person::of(author));
+            redis.send(Envelope::Typing { node: redis.node.clone(), channel, author });
+        }
+    }
+
     /// `None` for a server alone.
     pub fn health(&self) -> Option<BrokerHealth> {
         match self {
@@ -163,6 +171,12 @@ enum Envelope {
         node: String,
         id: String,
         name: String,
+    },
+    /// Someone typing in a named room.
+    Typing {
+        node: String,
+        channel: String,
+        author: Person,
     },
 }
 
@@ -310,9 +324,10 @@ async fn run_publisher(
         }
         let Some(redis) = connection.as_mut() else { continue };
         let target = match envelope {
-            Envelope::Messages { .. } | Envelope::Deleted { .. } | Envelope::Profile { .. } => {
-                &messages
-            }
+            Envelope::Messages { .. }
+            | Envelope::Deleted { .. }
+            | Envelope::Profile { .. }
+            | Envelope::Typing { .. } => &messages,
             Envelope::Room { .. } => &rooms,
         };
         let Ok(payload) = serde_json::to_string(&envelope) else { continue };
@@ -471,7 +486,13 @@ fn receive(server: &Server, node: &str, payload: &str) {
         | Envelope::Room { node: from, .. }
         | Envelope::Deleted { node: from, .. }
         | Envelope::Profile { node: from, .. }
+        | Envelope::Typing { node: from, .. }
             if from == node => {}
+        Envelope::Typing { channel, author, .. } => {
+            if let Some(channel) = Channel::from_store_key(&channel) {
+                hub.typing_elsewhere(channel, &author.into_author());
+            }
+        }
         Envelope::Profile { id, name, .. } => {
             // Its open sockets here speak with the new name from their next message on.
             let name = server.accounts.names.set(&id, &name);

@@ -932,6 +932,18 @@ impl Hub {
         let mut evicted = Vec::new();
         state.send_to_others(channel, &author.id, &protocol::typing_frame(author), &mut evicted);
         self.evict(&mut state, evicted);
+        if let (Some((_, broker)), Channel::Named(_)) = (self.sequencer.get(), channel) {
+            broker.typing(channel, author);
+        }
+    }
+
+    /// In a cluster: `author` is typing in the named room `channel` on another node (which
+    /// paced it): the others here are told.
+    pub fn typing_elsewhere(&self, channel: Channel, author: &Author) {
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        state.send_to_others(channel, &author.id, &protocol::typing_frame(author), &mut evicted);
+        self.evict(&mut state, evicted);
     }
 
     /// `{"who": true}`: who is in `id`'s channel, the feed included (each person once).

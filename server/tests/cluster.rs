@@ -400,7 +400,7 @@ async fn wait_who(conn: &mut Connection, count: u64) -> Result<Duration> {
 }
 
 #[tokio::test]
-async fn online_counts_span_the_nodes_and_a_dead_nodes_people_leave_within_seconds() -> Result<()> {
+async fn online_counts_and_typing_span_the_nodes_and_a_dead_nodes_people_leave_in_seconds() -> Result<()> {
     let Some(cluster) = Cluster::create()? else { return Ok(()) };
     let mut one = cluster.node("n1").await?;
     let two = cluster.node("n2").await?;
@@ -423,6 +423,19 @@ async fn online_counts_span_the_nodes_and_a_dead_nodes_people_leave_within_secon
         }
         ensure!(Instant::now() < deadline, "the room's person never counted on n2: {rooms}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Typing in the room crosses nodes too.
+    let mut mate = join(&two.ws_url()).await?;
+    enter_room(&mut mate, "rust").await?;
+    ada_on_one.send_json(&json!({"typing": true})).await?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let frame = recv_json(&mut mate).await?;
+        if frame.get("typing").is_some() {
+            ensure!(frame["typing"]["name"] == "ada", "{frame}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no typing came: {frame}");
     }
     kill_hard(&mut one).await?;
     let gone = wait_who(&mut here, 1).await?;
