@@ -262,12 +262,14 @@ impl Sequencer {
         if self.connected.as_ref().is_some_and(|(client, _)| client.is_closed()) {
             self.connected = None;
         }
-        if self.connected.is_none() {
-            let mut client = self.config.connect(NoTls)?;
-            let insert = client.prepare(INSERT_MESSAGES)?;
-            self.connected = Some((client, insert));
-        }
-        let Some((client, insert)) = self.connected.as_mut() else { unreachable!() };
+        let (client, insert) = match &mut self.connected {
+            Some(connected) => connected,
+            None => {
+                let mut client = self.config.connect(NoTls)?;
+                let insert = client.prepare(INSERT_MESSAGES)?;
+                self.connected.insert((client, insert))
+            }
+        };
         let result = sequence_batch(client, insert, batch, sweep);
         if result.is_err() {
             self.connected = None;

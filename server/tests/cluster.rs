@@ -1,7 +1,8 @@
 //! Several real `server` processes on one PostgreSQL database and one Redis act as one chat
 //! (`--redis`): every message reaches every node once, in one order, with one seq per
-//! channel; history and resume work on any node; a schedule fires once even when its node is
-//! killed; a killed node's clients resume elsewhere; Redis restarting loses nothing.
+//! channel; history, resume, named rooms, deletions, renames, typing and online counts work
+//! across nodes; a schedule fires once even when its node is killed; a killed node's clients
+//! resume elsewhere and its people leave the counts; Redis restarting loses nothing.
 //!
 //! Each test has a database and a Redis channel prefix of its own (`CHATTERBOX_TEST_POSTGRES`,
 //! `CHATTERBOX_TEST_REDIS`, see tests/common/databases.rs); the test that restarts Redis runs
@@ -400,7 +401,8 @@ async fn wait_who(conn: &mut Connection, count: u64) -> Result<Duration> {
 }
 
 #[tokio::test]
-async fn online_counts_and_typing_span_the_nodes_and_a_dead_nodes_people_leave_in_seconds() -> Result<()> {
+async fn online_counts_and_typing_span_the_nodes_and_a_dead_nodes_people_leave_in_seconds()
+-> Result<()> {
     let Some(cluster) = Cluster::create()? else { return Ok(()) };
     let mut one = cluster.node("n1").await?;
     let two = cluster.node("n2").await?;
