@@ -251,6 +251,20 @@ impl PostgresStore {
         messages_from_rows(channel, &rows).context("reading missed messages")
     }
 
+    /// Every channel's reservation: in a cluster, the highest seq given in it (every seq up to
+    /// it is committed, or was deleted). Blocks: call it from a blocking task.
+    pub fn reservations(&self) -> anyhow::Result<Vec<(Channel, u64)>> {
+        let rows = self.read()?.query("SELECT name, reserved FROM channels", &[])?;
+        let mut reservations = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (name, reserved): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            if let Some(channel) = Channel::from_store_key(&name) {
+                reservations.push((channel, reserved.max(0) as u64));
+            }
+        }
+        Ok(reservations)
+    }
+
     fn read(&self) -> anyhow::Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
         let pool = self.reads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         pool.context("the store is closed")?.get().context("no connection to PostgreSQL")

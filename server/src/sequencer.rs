@@ -36,6 +36,7 @@ use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::postgres::{
     INSERT_MESSAGES, PostgresStore, insert_messages, prune_channel, schedule_from_row,
 };
+use crate::store::AccountStore;
 
 /// Drafts waiting for the sequencer at most; past this a sender is told the server is busy
 /// (PostgreSQL is slow or away), rather than the server's memory growing.
@@ -384,6 +385,9 @@ pub const HOLD_FOR: Duration = Duration::from_millis(200);
 /// How often the gap filler looks for held messages.
 const GAP_CHECK_EVERY: Duration = Duration::from_millis(50);
 
+/// How often a node compares each channel's newest seq in PostgreSQL with its own.
+const TAIL_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// Messages read per channel in one go when catching up.
 const CATCH_UP_PAGE: usize = 1000;
 
@@ -405,7 +409,46 @@ impl GapFiller {
     pub fn start(hub: Arc<Hub>, store: Arc<PostgresStore>) -> Arc<GapFiller> {
         let filler = Arc::new(GapFiller { hub, store });
         tokio::spawn(filler.clone().watch_gaps());
+        tokio::spawn(filler.clone().watch_tails());
         filler
+    }
+
+    /// Every [`TAIL_CHECK_EVERY`]: compares each channel's reservation in PostgreSQL with the
+    /// last seq delivered here, and reads what is missing. A gap shows only when a later
+    /// message arrives; this finds a channel's newest messages when nothing follows them: a
+    /// publish that was lost (Redis restarting between a subscription and a publish, the
+    /// publishing queue full). One query per check while nothing is missing.
+    async fn watch_tails(self: Arc<Self>) {
+        let mut every = tokio::time::interval(TAIL_CHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let store = self.store.clone();
+            let Ok(Ok(reservations)) =
+                tokio::task::spawn_blocking(move || store.reservations()).await
+            else {
+                continue;
+            };
+            for (channel, reserved) in reservations {
+                let Some(last) = self.hub.position(channel) else { continue };
+                if last >= reserved {
+                    continue;
+                }
+                let store = self.store.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    store.messages_between(channel, last, reserved + 1, CATCH_UP_PAGE)
+                })
+                .await;
+                match found {
+                    // Every seq up to `reserved` is committed or deleted: all of it is known.
+                    Ok(Ok(found)) if found.len() < CATCH_UP_PAGE => {
+                        self.hub.fill(channel, found, Some(reserved + 1))
+                    }
+                    Ok(Ok(found)) => self.hub.fill(channel, found, None),
+                    Ok(Err(_)) | Err(_) => {}
+                }
+            }
+        }
     }
 
     async fn watch_gaps(self: Arc<Self>) {
@@ -437,6 +480,14 @@ impl GapFiller {
     /// Delivers, for every durable channel, what was committed after the last seq this node
     /// delivered (Redis was away, or this node just subscribed).
     pub async fn catch_up(&self) {
+        // Named rooms created elsewhere while this node did not hear them.
+        let store = self.store.clone();
+        if let Ok(Ok(rooms)) = tokio::task::spawn_blocking(move || store.rooms()).await {
+            for room in rooms {
+                // One known already is "taken": nothing to do.
+                let _ = self.hub.add_room(room, usize::MAX, usize::MAX);
+            }
+        }
         for (channel, last) in self.hub.positions() {
             self.catch_up_channel(channel, last).await;
         }

@@ -470,3 +470,32 @@ async fn a_rename_on_one_node_reaches_the_accounts_tabs_and_the_feed_on_another(
     ensure!(next["name"] == "Countess" && next["data"]["text"] == "renamed", "{next}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_message_committed_but_never_published_still_reaches_the_nodes() -> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let node = cluster.node("n1").await?;
+    let mut reader = join(&node.ws_url()).await?;
+    // What a node's sequencer does, by a node that died before its PUBLISH: nothing follows.
+    let seq = cluster.database.with_client(|client| {
+        let mut transaction = client.transaction()?;
+        let seq: i64 = transaction
+            .query_one(
+                "INSERT INTO channels (name, reserved) VALUES ('feed', 1)
+                 ON CONFLICT (name) DO UPDATE SET reserved = channels.reserved + 1
+                 RETURNING reserved",
+                &[],
+            )?
+            .get(0);
+        transaction.execute(
+            "INSERT INTO messages (channel, seq, author, type, body, at_ms, late)
+             VALUES ('feed', $1, 'ghost', 'text', 'never published', 0, false)",
+            &[&seq],
+        )?;
+        transaction.commit()?;
+        Ok(seq as u64)
+    })?;
+    let got = read_chat(&mut reader, 1).await?;
+    ensure!(got == [(seq, "never published".into())], "{got:?}");
+    Ok(())
+}
