@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -101,21 +101,6 @@ impl Broker {
         if let (Broker::Redis(redis), Some(key)) = (self, channel.store_key()) {
             redis.send(Envelope::Deleted { node: redis.node.clone(), channel: key.into(), seq });
         }
-    }
-
-    /// The people on the other nodes in `channel` (the feed or a named room), as they last
-    /// said; none for a server alone, or while Redis is away.
-    pub fn people_elsewhere(&self, channel: Channel) -> Vec<Author> {
-        let Broker::Redis(redis) = self else { return Vec::new() };
-        let elsewhere = redis.elsewhere.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let in_channel = |presence: &NodePresence| match channel {
-            Channel::Feed => presence.feed.clone(),
-            Channel::Named(_) => {
-                presence.rooms.get(channel.wire_name()).cloned().unwrap_or_default()
-            }
-            Channel::Room(_) => Vec::new(),
-        };
-        elsewhere.iter().flat_map(in_channel).map(Person::into_author).collect()
     }
 
     /// Tells the other nodes that account `id` has a new display name or picture.
@@ -237,7 +222,7 @@ impl Person {
         Person { id: author.id.to_string(), name: author.name.as_deref().map(str::to_owned) }
     }
 
-    fn into_author(self) -> Author {
+    pub fn into_author(self) -> Author {
         Author { id: self.id.into(), name: self.name.map(Into::into) }
     }
 }
@@ -254,8 +239,6 @@ pub struct RedisBroker {
     node: String,
     outgoing: mpsc::Sender<Envelope>,
     subscribed: Arc<AtomicBool>,
-    /// The other nodes' presence, as read at the last heartbeat.
-    elsewhere: Arc<Mutex<Vec<NodePresence>>>,
 }
 
 impl RedisBroker {
@@ -284,12 +267,10 @@ impl RedisBroker {
             queue,
             round_trip,
         ));
-        let elsewhere = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(run_heartbeat(
             client.clone(),
             channel("presence"),
             options.node.clone(),
-            elsewhere.clone(),
             server.clone(),
         ));
         tokio::spawn(run_subscriber(
@@ -299,7 +280,7 @@ impl RedisBroker {
             subscribed.clone(),
             server,
         ));
-        Ok(RedisBroker { node: options.node, outgoing, subscribed, elsewhere })
+        Ok(RedisBroker { node: options.node, outgoing, subscribed })
     }
 }
 
@@ -344,13 +325,12 @@ async fn run_publisher(
 }
 
 /// Every [`HEARTBEAT_EVERY`]: writes who is on this node under `PREFIX:presence:NODE` (expiring
-/// after [`PRESENCE_TTL`]) and reads the other nodes' keys into `elsewhere`. While Redis is
-/// away `elsewhere` is empty: each node then counts its own people only.
+/// after [`PRESENCE_TTL`]) and hands the other nodes' keys to the hub. While Redis is away the
+/// last answer stands for `PRESENCE_TTL`, then nobody is elsewhere: each node counts its own.
 async fn run_heartbeat(
     client: redis::Client,
     keys: String,
     node: String,
-    elsewhere: Arc<Mutex<Vec<NodePresence>>>,
     server: Arc<OnceLock<Weak<Server>>>,
 ) {
     let config = redis::AsyncConnectionConfig::new()
@@ -358,33 +338,34 @@ async fn run_heartbeat(
         .set_response_timeout(Some(REDIS_TIMEOUT));
     let own = format!("{keys}:{node}");
     let mut connection = None;
+    let mut heard = Instant::now();
     let mut every = tokio::time::interval(HEARTBEAT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let Some(server) = server.get().and_then(Weak::upgrade) else { continue };
         let Ok(mine) = serde_json::to_string(&server.hub.presence()) else { continue };
-        drop(server);
         if connection.is_none() {
             connection = client.get_multiplexed_async_connection_with_config(&config).await.ok();
         }
-        let Some(redis) = connection.as_mut() else {
-            lock(&elsewhere).clear();
-            continue;
+        let result = match connection.as_mut() {
+            Some(redis) => heartbeat(redis, &keys, &own, mine).await,
+            None => Err(redis::RedisError::from((redis::ErrorKind::Io, "not connected"))),
         };
-        match heartbeat(redis, &keys, &own, mine).await {
-            Ok(others) => *lock(&elsewhere) = others,
+        match result {
+            Ok(others) => {
+                heard = Instant::now();
+                server.hub.set_people_elsewhere(others);
+            }
             Err(error) => {
                 tracing::debug!(%error, "presence heartbeat failed; reconnecting");
-                lock(&elsewhere).clear();
                 connection = None;
+                if heard.elapsed() >= PRESENCE_TTL {
+                    server.hub.set_people_elsewhere(Vec::new());
+                }
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Scan rounds for presence keys at most (100 keys a round): far more nodes than a cluster has.

@@ -182,7 +182,17 @@ struct State {
     /// The feed's `{"who"}` answer and when it was made: counting the feed walks every
     /// connection, so it is done at most once per [`FEED_WHO_EVERY`].
     feed_who: Option<(Instant, Frame)>,
+    /// In a cluster: who is on the other nodes, as their last heartbeats said.
+    elsewhere: Elsewhere,
     closed: bool,
+}
+
+/// The people on the other nodes of a cluster (see [`Hub::set_people_elsewhere`]).
+#[derive(Default)]
+struct Elsewhere {
+    feed: Vec<Author>,
+    /// By room name.
+    rooms: HashMap<String, Vec<Author>>,
 }
 
 /// The feed's `{"who"}` answer is made at most this often (a flood of them from thousands of
@@ -291,6 +301,7 @@ impl Hub {
             named: BTreeMap::new(),
             typing: HashMap::new(),
             feed_who: None,
+            elsewhere: Elsewhere::default(),
             closed: false,
         };
         for room in rooms {
@@ -423,12 +434,47 @@ impl Hub {
         NodePresence { feed: people(&feed), rooms }
     }
 
-    /// The people on other nodes in `channel` (none for a server alone).
-    fn people_elsewhere(&self, channel: Channel) -> Vec<Author> {
-        match self.sequencer.get() {
-            Some((_, broker)) => broker.people_elsewhere(channel),
-            None => Vec::new(),
+    /// In a cluster: who is on the other nodes now (`others`, from their heartbeats). It
+    /// counts in `{"who"}` and the rooms' online counts; in a named room here, someone who
+    /// appeared there (and is not here already) is announced to its members as joined, someone
+    /// who disappeared (left it, or their node died) as left.
+    pub fn set_people_elsewhere(&self, others: Vec<NodePresence>) {
+        let mut next = Elsewhere::default();
+        for presence in others {
+            next.feed.extend(presence.feed.into_iter().map(Person::into_author));
+            for (name, people) in presence.rooms {
+                let people = people.into_iter().map(Person::into_author);
+                next.rooms.entry(name).or_default().extend(people);
+            }
         }
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        let names: HashSet<String> =
+            state.elsewhere.rooms.keys().chain(next.rooms.keys()).cloned().collect();
+        for name in names {
+            let Some(channel) = state.named.get(&name).map(|room| room.channel) else { continue };
+            let before = state.elsewhere.rooms.get(&name).map_or(&[][..], Vec::as_slice);
+            let after = next.rooms.get(&name).map_or(&[][..], Vec::as_slice);
+            let ids = |people: &[Author]| -> HashSet<Arc<str>> {
+                people.iter().map(|author| author.id.clone()).collect()
+            };
+            let (was, is) = (ids(before), ids(after));
+            let mut changes: Vec<(bool, Author)> = Vec::new();
+            changes
+                .extend(after.iter().filter(|a| !was.contains(&a.id)).map(|a| (true, a.clone())));
+            changes
+                .extend(before.iter().filter(|a| !is.contains(&a.id)).map(|a| (false, a.clone())));
+            let mut told = HashSet::new();
+            for (joined, author) in changes {
+                if state.present_here(channel, &author.id) || !told.insert(author.id.clone()) {
+                    continue;
+                }
+                let frame = protocol::presence_frame(joined, &author);
+                state.send_to_others(channel, &author.id, &frame, &mut evicted);
+            }
+        }
+        state.elsewhere = next;
+        self.evict(&mut state, evicted);
     }
 
     /// The last seq delivered in `channel`, if this node knows it.
@@ -845,14 +891,17 @@ impl Hub {
     /// Every named room, by name, with how many people are in it.
     pub fn rooms(&self) -> Vec<RoomInfo> {
         let state = self.lock();
-        let elsewhere = |channel| self.people_elsewhere(channel);
+
         state
             .named
             .iter()
             .map(|(name, room)| RoomInfo {
                 name: name.clone(),
                 topic: room.topic.clone(),
-                online: count_people(state.people(&room.members), &elsewhere(room.channel)),
+                online: count_people(
+                    state.people(&room.members),
+                    state.people_elsewhere(room.channel),
+                ),
             })
             .collect()
     }
@@ -890,7 +939,11 @@ impl Hub {
             }
         }
         let members = state.members_of(channel).to_vec();
-        let joined = protocol::room_joined_frame(name, &state.people(&members));
+        let mut people = state.people(&members);
+        let mut seen: HashSet<&str> = people.iter().map(|author| &*author.id).collect();
+        let elsewhere = state.people_elsewhere(channel);
+        people.extend(elsewhere.iter().filter(|author| seen.insert(&author.id)));
+        let joined = protocol::room_joined_frame(name, &people);
         state.send_to(id, joined, &mut evicted);
         if already {
             // Told again where it is; its history it has.
@@ -958,8 +1011,8 @@ impl Hub {
                 }
                 let feed = state.peers.iter().filter(|(_, peer)| peer.channel == Channel::Feed);
                 let members: Vec<PeerId> = feed.map(|(&id, _)| id).collect();
-                let elsewhere = self.people_elsewhere(Channel::Feed);
-                let frame = who_frame(state.people(&members), &elsewhere);
+                let frame =
+                    who_frame(state.people(&members), state.people_elsewhere(Channel::Feed));
                 state.feed_who = Some((Instant::now(), frame.clone()));
                 return frame;
             }
@@ -967,8 +1020,8 @@ impl Hub {
             None => Vec::new(),
         };
         let channel = state.peers.get(&id).map(|peer| peer.channel);
-        let elsewhere = channel.map(|channel| self.people_elsewhere(channel)).unwrap_or_default();
-        who_frame(state.people(&members), &elsewhere)
+        let elsewhere = channel.map_or(&[][..], |channel| state.people_elsewhere(channel));
+        who_frame(state.people(&members), elsewhere)
     }
 
     pub fn census(&self) -> Census {
@@ -1072,12 +1125,32 @@ impl State {
         }
     }
 
-    /// Whether `author` has a connection other than `except` in `channel` (a room).
+    /// Whether `author` has a connection other than `except` in `channel` (a room), here or
+    /// (a named room) on another node of a cluster.
     fn present(&self, channel: Channel, author: &str, except: PeerId) -> bool {
-        self.members_of(channel).iter().any(|&member| {
+        let here = self.members_of(channel).iter().any(|&member| {
             member != except
                 && self.peers.get(&member).is_some_and(|peer| *peer.author.id == *author)
-        })
+        });
+        here || self.people_elsewhere(channel).iter().any(|person| *person.id == *author)
+    }
+
+    /// Whether `author` has a connection in `channel` on this node.
+    fn present_here(&self, channel: Channel, author: &str) -> bool {
+        self.members_of(channel)
+            .iter()
+            .any(|member| self.peers.get(member).is_some_and(|peer| *peer.author.id == *author))
+    }
+
+    /// The people in `channel` on the other nodes of a cluster, as last heard.
+    fn people_elsewhere(&self, channel: Channel) -> &[Author] {
+        match channel {
+            Channel::Feed => &self.elsewhere.feed,
+            Channel::Named(_) => {
+                self.elsewhere.rooms.get(channel.wire_name()).map_or(&[], Vec::as_slice)
+            }
+            Channel::Room(_) => &[],
+        }
     }
 
     /// Queues `frame` for everyone in a room whose author is not `author`.

@@ -401,8 +401,7 @@ async fn wait_who(conn: &mut Connection, count: u64) -> Result<Duration> {
 }
 
 #[tokio::test]
-async fn online_counts_and_typing_span_the_nodes_and_a_dead_nodes_people_leave_in_seconds()
--> Result<()> {
+async fn presence_typing_and_counts_span_the_nodes_and_a_dead_nodes_people_leave() -> Result<()> {
     let Some(cluster) = Cluster::create()? else { return Ok(()) };
     let mut one = cluster.node("n1").await?;
     let two = cluster.node("n2").await?;
@@ -428,7 +427,18 @@ async fn online_counts_and_typing_span_the_nodes_and_a_dead_nodes_people_leave_i
     }
     // Typing in the room crosses nodes too.
     let mut mate = join(&two.ws_url()).await?;
-    enter_room(&mut mate, "rust").await?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // Ada, in the room on the other node, is among its members once n2 has heard of her.
+        let joined = enter_room(&mut mate, "rust").await?;
+        if joined.to_string().contains(r#""name":"ada""#) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "ada never listed in the room: {joined}");
+        mate.send_json(&json!({"channel": "feed"})).await?;
+        recv_json(&mut mate).await?; // back in the feed
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     ada_on_one.send_json(&json!({"typing": true})).await?;
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -440,6 +450,16 @@ async fn online_counts_and_typing_span_the_nodes_and_a_dead_nodes_people_leave_i
         ensure!(Instant::now() < deadline, "no typing came: {frame}");
     }
     kill_hard(&mut one).await?;
+    // Ada's node died: the room's people elsewhere are told she left.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let frame = recv_json(&mut mate).await?;
+        if frame.get("presence").is_some() {
+            ensure!(frame["presence"]["left"]["name"] == "ada", "{frame}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no presence came: {frame}");
+    }
     let gone = wait_who(&mut here, 1).await?;
     // The key's 3 s, a heartbeat and the feed's answer made at most once a second (4-5 s),
     // with room for a loaded machine.
