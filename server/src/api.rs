@@ -410,6 +410,7 @@ impl Api<'_> {
                 CreateAccountError::Failed(error) => internal(error),
             });
         }
+        self.server.broker.room_created(&room);
         let info = RoomInfo { name: room.name, topic: room.topic, online: 0 };
         Ok(warp::reply::with_status(warp::reply::json(&info), StatusCode::CREATED).into_response())
     }
@@ -417,6 +418,13 @@ impl Api<'_> {
     async fn me(&self) -> Result<Response, ApiError> {
         let (account, _) = self.account().await?;
         Ok(profile(StatusCode::OK, &account))
+    }
+
+    /// Tells the hub (and in a cluster the other nodes) about `account`'s new name or picture.
+    fn profile_changed(&self, account: &StoredAccount) {
+        let name = self.server.accounts.names.set(&account.id, &account.name);
+        self.server.broker.profile_changed(&account.id, &name);
+        self.server.hub.update_profile(&account.id, name);
     }
 
     async fn rename(&self) -> Result<Response, ApiError> {
@@ -428,8 +436,7 @@ impl Api<'_> {
         self.attempt(Some(&account.username))?;
         let (id, name) = (account.id.clone(), account.name.clone());
         blocking(self.server, move |store| store.set_name(&id, &name)).await?;
-        let name = self.server.accounts.names.set(&account.id, &account.name);
-        self.server.hub.update_profile(&account.id, name);
+        self.profile_changed(&account);
         Ok(profile(StatusCode::OK, &account))
     }
 
@@ -454,8 +461,7 @@ impl Api<'_> {
         let id = account.id.clone();
         blocking(self.server, move |store| store.set_avatar(&id, &png)).await?;
         // Same address, new picture: the frame tells those who show it to fetch it again.
-        let name = self.server.accounts.names.set(&account.id, &account.name);
-        self.server.hub.update_profile(&account.id, name);
+        self.profile_changed(&account);
         Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::Server;
 use crate::connections::ClientAddress;
 use crate::frame::Frame;
-use crate::hub::{Catchup, Deletion, PeerId};
+use crate::hub::{Catchup, Deletion, PeerId, Published};
 use crate::message::{Author, Body, Channel, ChatMessage};
 use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, ChannelRequest, FrameError, Inbound};
@@ -59,9 +59,15 @@ impl<'a> Command<'a> {
                 }
             }
             Inbound::Chat { body, delay: None, ack } => {
-                let seq = hub.publish(from.id, from.author.clone(), owned(body));
-                if let Some(seq) = seq.filter(|_| ack) {
-                    return Reply::Frame(protocol::sent_frame(seq));
+                match hub.publish_acked(from.id, from.author.clone(), owned(body), ack) {
+                    Published::Sent(seq) if ack => {
+                        return Reply::Frame(protocol::sent_frame(seq));
+                    }
+                    Published::Refused(reason) => {
+                        return Reply::Frame(protocol::error_frame(&reason));
+                    }
+                    // In a cluster the hub acknowledges once the message has its seq.
+                    Published::Sent(_) | Published::Sequencing | Published::Gone => {}
                 }
             }
             // A scheduled message comes back to its sender when it is delivered, with its seq.

@@ -28,8 +28,57 @@ pub struct Config {
     #[arg(long, env = "CHATTERBOX_DATABASE", default_value = "chatterbox.db")]
     pub database: String,
 
+    /// Several servers as one chat: share live messages through this Redis
+    /// (`redis://[:PASSWORD@]HOST[:PORT][/DB]`). Needs `--database postgres://...`, which then
+    /// gives every seq (see docs/DEPLOY.md). Unset (the default): one process on its own.
+    #[arg(long, env = "CHATTERBOX_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// What this cluster's Redis channels start with, so that several clusters (or tests
+    /// running at once) can share one Redis without seeing each other.
+    #[arg(long, env = "CHATTERBOX_REDIS_PREFIX", default_value = "chatterbox")]
+    pub redis_prefix: String,
+
+    /// This server's name in `/healthz`, `/metrics` and the logs; default: a short random id.
+    #[arg(long, env = "CHATTERBOX_NODE", value_parser = node_name)]
+    pub node: Option<String>,
+
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// A node name: 1–64 of `A-Z a-z 0-9 - _ .`, so that it is safe as a metric label and in logs.
+fn node_name(text: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if text.is_empty() || text.len() > 64 || !text.chars().all(allowed) {
+        return Err(
+            "a node name is 1 to 64 of the letters A-Z a-z, digits, '-', '_' and '.'".into()
+        );
+    }
+    Ok(text.to_owned())
+}
+
+impl Config {
+    /// Refuses flags that make no sense together: the one line the server prints before it
+    /// exits. A cluster needs one place that gives seqs, and a SQLite file is one machine's.
+    pub fn check(&self) -> Result<(), String> {
+        if self.redis.is_some() && !crate::postgres::is_url(&self.database) {
+            return Err(format!(
+                "--redis needs --database postgres://... (several servers share one PostgreSQL \
+                 database); {:?} is not one",
+                self.database
+            ));
+        }
+        if let Some(url) = &self.redis
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(format!("--redis: {url:?} is not a redis:// URL"));
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err("--redis-prefix: must be non-empty, without spaces".into());
+        }
+        Ok(())
+    }
 }
 
 /// Everything the server bounds, each with its own flag.

@@ -11,17 +11,19 @@
 //! not slower than finer locks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::broker::{Broker, NodePresence, Person};
 use crate::frame::Frame;
 use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Notice};
+use crate::sequencer::{Draft, Drafts, Sequenced};
 use crate::store::{Change, Store, StoredRoom};
 
 pub type PeerId = Uuid;
@@ -63,6 +65,18 @@ struct Peer {
     author: Author,
     /// Fired when the hub drops this peer on its own initiative.
     evict: oneshot::Sender<Eviction>,
+    /// In a cluster: a client that resumed past what this node had delivered in the channel
+    /// (it came from a node that was ahead) has the messages up to this seq; they are not
+    /// sent to it again when they arrive here.
+    floor: Option<(Channel, u64)>,
+}
+
+impl Peer {
+    /// Whether message `seq` of `channel` (0: not a message) is to be sent to this peer.
+    fn wants(&self, channel: Channel, seq: u64) -> bool {
+        let had = |(floor_channel, floor): (Channel, u64)| floor_channel == channel && seq <= floor;
+        seq == 0 || !self.floor.is_some_and(had)
+    }
 }
 
 /// A channel's place in its history: the next seq to give and, for a durable channel, the
@@ -76,6 +90,17 @@ struct Log {
     /// Seqs older than `recent` taken back lately: the store may not have written their
     /// deletion yet, and must not be believed if it still has them.
     taken_back: VecDeque<u64>,
+    /// In a cluster: messages that arrived before an earlier one of the channel, by seq,
+    /// until it comes (or the gap filler reads it, or finds it deleted).
+    held: BTreeMap<u64, Held>,
+}
+
+/// A message waiting for an earlier one (see [`Log::held`]).
+struct Held {
+    message: Arc<ChatMessage>,
+    /// Its sender, who does not get it back.
+    skip: Option<PeerId>,
+    arrived: Instant,
 }
 
 /// How many of a channel's older seqs taken back are remembered (see [`Log::taken_back`]):
@@ -90,7 +115,31 @@ impl Log {
             capacity,
             complete: true,
             taken_back: VecDeque::new(),
+            held: BTreeMap::new(),
         }
+    }
+
+    /// In a cluster: takes out the held messages that can go now, in seq order, keeping each
+    /// among the recent ones. Those up to `known_below` go even with gaps before them: every
+    /// seq below it has been read from the database, and one not found there was deleted.
+    fn take_ready(&mut self, known_below: u64) -> Vec<Held> {
+        let mut ready = Vec::new();
+        while let Some(entry) = self.held.first_entry() {
+            let seq = *entry.key();
+            if seq < self.next_seq {
+                // Delivered already (it came both from this node and through Redis).
+                entry.remove();
+            } else if seq == self.next_seq || seq <= known_below {
+                let held = entry.remove();
+                self.next_seq = seq + 1;
+                self.keep(held.message.clone());
+                ready.push(held);
+            } else {
+                break;
+            }
+        }
+        self.next_seq = self.next_seq.max(known_below);
+        ready
     }
 
     /// A random room's: its newest messages are kept only so that their authors can take them
@@ -133,7 +182,17 @@ struct State {
     /// The feed's `{"who"}` answer and when it was made: counting the feed walks every
     /// connection, so it is done at most once per [`FEED_WHO_EVERY`].
     feed_who: Option<(Instant, Frame)>,
+    /// In a cluster: who is on the other nodes, as their last heartbeats said.
+    elsewhere: Elsewhere,
     closed: bool,
+}
+
+/// The people on the other nodes of a cluster (see [`Hub::set_people_elsewhere`]).
+#[derive(Default)]
+struct Elsewhere {
+    feed: Vec<Author>,
+    /// By room name.
+    rooms: HashMap<String, Vec<Author>>,
 }
 
 /// The feed's `{"who"}` answer is made at most this often (a flood of them from thousands of
@@ -191,6 +250,24 @@ pub struct Hub {
     store: Arc<dyn Store>,
     limits: HistoryLimits,
     counters: Counters,
+    /// In a cluster: where messages of durable channels go for their seq, instead of being
+    /// stamped here (see [`sequencer`](crate::sequencer)), and how the other nodes hear of a
+    /// deletion. Unset for a server alone.
+    sequencer: OnceLock<(Arc<Drafts>, Arc<Broker>)>,
+}
+
+/// What became of a message handed to [`Hub::publish_acked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Sent, with this seq.
+    Sent(u64),
+    /// On its way to the sequencer: the hub delivers it (and acknowledges it) once it has its
+    /// seq.
+    Sequencing,
+    /// Not taken; the text says why.
+    Refused(String),
+    /// The sender is no longer connected.
+    Gone,
 }
 
 impl Hub {
@@ -224,12 +301,192 @@ impl Hub {
             named: BTreeMap::new(),
             typing: HashMap::new(),
             feed_who: None,
+            elsewhere: Elsewhere::default(),
             closed: false,
         };
         for room in rooms {
             state.add_room(room, capacity);
         }
-        Hub { state: Mutex::new(state), store, limits, counters }
+        Hub { state: Mutex::new(state), store, limits, counters, sequencer: OnceLock::new() }
+    }
+
+    /// Cluster mode: from now on messages of durable channels get their seq from `drafts`,
+    /// and deletions are told to the other nodes through `broker`.
+    pub fn use_sequencer(&self, drafts: Arc<Drafts>, broker: Arc<Broker>) {
+        let _ = self.sequencer.set((drafts, broker));
+    }
+
+    /// The sequencer, if `channel`'s messages must go through it.
+    fn sequencer_for(&self, channel: Channel) -> Option<&Drafts> {
+        self.sequencer.get().filter(|_| channel.is_durable()).map(|(drafts, _)| &**drafts)
+    }
+
+    /// In a cluster: message SEQ of `channel` was taken back on another node (which checked
+    /// its author and told the store): it goes from the recent ones here, and everyone here in
+    /// the channel is told.
+    pub fn deleted_elsewhere(&self, channel: Channel, seq: u64) {
+        let mut state = self.lock();
+        let Some(log) = state.logs.get_mut(&channel) else { return };
+        log.recent.retain(|message| message.seq != seq);
+        if log.taken_back.len() == TAKEN_BACK_KEPT {
+            log.taken_back.pop_front();
+        }
+        log.taken_back.push_back(seq);
+        let frame = protocol::deleted_frame(channel.wire_name(), seq);
+        let mut evicted = Vec::new();
+        state.send_to_channel(channel, None, 0, &frame, &mut evicted);
+        self.evict(&mut state, evicted);
+    }
+
+    /// In a cluster: messages with their seqs, from this node's sequencer or (through the
+    /// broker) another node's. Each channel's go out in seq order: a later one is held until
+    /// those before it come, one already delivered is dropped. A local sender is told
+    /// `{"sent"}` if it asked, and does not get its message back.
+    pub fn deliver_sequenced(&self, batch: &[Sequenced]) {
+        let capacity = self.limits.on_join.max(self.limits.resume_max);
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        let now = Instant::now();
+        for sequenced in batch {
+            let message = &sequenced.message;
+            if let Some((sender, true)) = sequenced.sender {
+                state.send_to(sender, protocol::sent_frame(message.seq), &mut evicted);
+            }
+            // A named room another node created, that this one has not heard of yet.
+            let log = state
+                .logs
+                .entry(message.channel)
+                .or_insert_with(|| Log::new(message.seq, capacity));
+            if message.seq < log.next_seq {
+                continue;
+            }
+            let skip = sequenced.sender.map(|(sender, _)| sender);
+            log.held.insert(message.seq, Held { message: message.clone(), skip, arrived: now });
+            let ready = log.take_ready(0);
+            self.send_ready(&mut state, ready, &mut evicted);
+        }
+        self.evict(&mut state, evicted);
+    }
+
+    fn send_ready(&self, state: &mut State, ready: Vec<Held>, evicted: &mut Vec<PeerId>) {
+        for held in ready {
+            let message = held.message;
+            let (channel, seq) = (message.channel, message.seq);
+            let sent = state.send_to_channel(channel, held.skip, seq, message.frame(), evicted);
+            self.count(sent);
+        }
+    }
+
+    /// In a cluster: the channels whose oldest held message has waited `older_than`, each with
+    /// the range to read from the database (seqs above the first and below the second).
+    pub fn gaps(&self, older_than: Duration) -> Vec<(Channel, u64, u64)> {
+        let state = self.lock();
+        let now = Instant::now();
+        state
+            .logs
+            .iter()
+            .filter_map(|(&channel, log)| {
+                let (&seq, held) = log.held.first_key_value()?;
+                (now - held.arrived >= older_than).then(|| (channel, log.next_seq - 1, seq))
+            })
+            .collect()
+    }
+
+    /// In a cluster: `found`, read from the database (oldest first), goes out in order with
+    /// what was held; with `known_below`, every seq below it is known (a missing one was
+    /// deleted), and so are those below the newest found.
+    pub fn fill(&self, channel: Channel, found: Vec<ChatMessage>, known_below: Option<u64>) {
+        let mut state = self.lock();
+        let Some(log) = state.logs.get_mut(&channel) else { return };
+        let newest = found.last().map_or(0, |message| message.seq + 1);
+        let now = Instant::now();
+        for message in found {
+            if message.seq >= log.next_seq {
+                let held = Held { message: Arc::new(message), skip: None, arrived: now };
+                log.held.entry(held.message.seq).or_insert(held);
+            }
+        }
+        let ready = log.take_ready(newest.max(known_below.unwrap_or(0)));
+        let mut evicted = Vec::new();
+        self.send_ready(&mut state, ready, &mut evicted);
+        self.evict(&mut state, evicted);
+    }
+
+    /// Who is on this node, for the other nodes' counts: the feed's people and each named
+    /// room's, each person once.
+    pub fn presence(&self) -> NodePresence {
+        let state = self.lock();
+        let feed: Vec<PeerId> = state
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.channel == Channel::Feed)
+            .map(|(&id, _)| id)
+            .collect();
+        let people = |members: &[PeerId]| -> Vec<Person> {
+            state.people(members).into_iter().map(Person::of).collect()
+        };
+        let rooms = state
+            .named
+            .iter()
+            .filter(|(_, room)| !room.members.is_empty())
+            .map(|(name, room)| (name.clone(), people(&room.members)))
+            .collect();
+        NodePresence { feed: people(&feed), rooms }
+    }
+
+    /// In a cluster: who is on the other nodes now (`others`, from their heartbeats). It
+    /// counts in `{"who"}` and the rooms' online counts; in a named room here, someone who
+    /// appeared there (and is not here already) is announced to its members as joined, someone
+    /// who disappeared (left it, or their node died) as left.
+    pub fn set_people_elsewhere(&self, others: Vec<NodePresence>) {
+        let mut next = Elsewhere::default();
+        for presence in others {
+            next.feed.extend(presence.feed.into_iter().map(Person::into_author));
+            for (name, people) in presence.rooms {
+                let people = people.into_iter().map(Person::into_author);
+                next.rooms.entry(name).or_default().extend(people);
+            }
+        }
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        let names: HashSet<String> =
+            state.elsewhere.rooms.keys().chain(next.rooms.keys()).cloned().collect();
+        for name in names {
+            let Some(channel) = state.named.get(&name).map(|room| room.channel) else { continue };
+            let before = state.elsewhere.rooms.get(&name).map_or(&[][..], Vec::as_slice);
+            let after = next.rooms.get(&name).map_or(&[][..], Vec::as_slice);
+            let ids = |people: &[Author]| -> HashSet<Arc<str>> {
+                people.iter().map(|author| author.id.clone()).collect()
+            };
+            let (was, is) = (ids(before), ids(after));
+            let mut changes: Vec<(bool, Author)> = Vec::new();
+            changes
+                .extend(after.iter().filter(|a| !was.contains(&a.id)).map(|a| (true, a.clone())));
+            changes
+                .extend(before.iter().filter(|a| !is.contains(&a.id)).map(|a| (false, a.clone())));
+            let mut told = HashSet::new();
+            for (joined, author) in changes {
+                if state.present_here(channel, &author.id) || !told.insert(author.id.clone()) {
+                    continue;
+                }
+                let frame = protocol::presence_frame(joined, &author);
+                state.send_to_others(channel, &author.id, &frame, &mut evicted);
+            }
+        }
+        state.elsewhere = next;
+        self.evict(&mut state, evicted);
+    }
+
+    /// The last seq delivered in `channel`, if this node knows it.
+    pub fn position(&self, channel: Channel) -> Option<u64> {
+        self.lock().logs.get(&channel).map(|log| log.next_seq - 1)
+    }
+
+    /// Each durable channel and the last seq delivered in it (for the catch-up).
+    pub fn positions(&self) -> Vec<(Channel, u64)> {
+        let state = self.lock();
+        let durable = state.logs.iter().filter(|(channel, _)| channel.is_durable());
+        durable.map(|(&channel, log)| (channel, log.next_seq - 1)).collect()
     }
 
     /// One message, and how many copies of it were queued: two atomic adds per message, none
@@ -267,7 +524,9 @@ impl Hub {
         if state.closed {
             return false;
         }
+        let mut floor = None;
         if let Some(log) = state.logs.get(&Channel::Feed) {
+            let catchup = self.behind(log, Channel::Feed, catchup, &mut floor);
             for frame in catchup_frames(log, catchup, &self.limits) {
                 // A queue too small for the history keeps what fits: the client can ask
                 // for the rest page by page.
@@ -276,8 +535,28 @@ impl Hub {
                 }
             }
         }
-        state.peers.insert(id, Peer { outbox, channel: Channel::Feed, author, evict });
+        let peer = Peer { outbox, channel: Channel::Feed, author, evict, floor };
+        state.peers.insert(id, peer);
         true
+    }
+
+    /// In a cluster, a resume past the newest seq this node has delivered in `channel` is a
+    /// client that saw more on a node that was ahead (not a wiped store, as it is for a server
+    /// alone): it gets nothing now, and later only what follows its seq (`floor`).
+    fn behind(
+        &self,
+        log: &Log,
+        channel: Channel,
+        catchup: Catchup,
+        floor: &mut Option<(Channel, u64)>,
+    ) -> Catchup {
+        match catchup {
+            Catchup::After(seq) if self.sequencer.get().is_some() && seq >= log.next_seq => {
+                *floor = Some((channel, seq));
+                Catchup::After(log.next_seq - 1)
+            }
+            catchup => catchup,
+        }
     }
 
     /// Forgets a connection; a partner left alone in its room is told and waits there.
@@ -294,19 +573,40 @@ impl Hub {
     }
 
     /// Says `body` from `from` to everyone else in its channel; its seq, if it was sent.
+    #[cfg(test)]
     pub fn publish(&self, from: PeerId, author: Author, body: Body) -> Option<u64> {
+        match self.publish_acked(from, author, body, false) {
+            Published::Sent(seq) => Some(seq),
+            _ => None,
+        }
+    }
+
+    /// Says `body` from `from` to everyone else in its channel. In a cluster a message of a
+    /// durable channel goes to the sequencer first; `ack` then asks for `{"sent"}` once it
+    /// has its seq (a server alone gives the seq at once, and the caller acknowledges).
+    pub fn publish_acked(&self, from: PeerId, author: Author, body: Body, ack: bool) -> Published {
         let mut state = self.lock();
-        let channel = state.peers.get(&from)?.channel;
+        let Some(channel) = state.peers.get(&from).map(|peer| peer.channel) else {
+            return Published::Gone;
+        };
+        if let Some(sequencer) = self.sequencer_for(channel) {
+            let sender = Some((from, ack));
+            let draft = Draft { channel, author, body, late: false, sender, schedule: None };
+            return match sequencer.send(draft) {
+                Ok(()) => Published::Sequencing,
+                Err(refused) => Published::Refused(refused.to_string()),
+            };
+        }
         let message = state.stamp(channel, author, body, false);
         let seq = message.seq;
         let mut evicted = Vec::new();
-        let sent = state.send_to_channel(channel, Some(from), message.frame(), &mut evicted);
+        let sent = state.send_to_channel(channel, Some(from), seq, message.frame(), &mut evicted);
         self.count(sent);
         if channel.is_durable() {
             self.store.record(Change::Message(message));
         }
         self.evict(&mut state, evicted);
-        Some(seq)
+        Published::Sent(seq)
     }
 
     /// Delivers a scheduled message to everyone in `channel` (its sender included). The
@@ -319,6 +619,15 @@ impl Hub {
         body: Body,
         late: bool,
     ) {
+        if let Some(sequencer) = self.sequencer_for(channel) {
+            // Sent only if this node is the one that deletes the schedule's row.
+            let draft = Draft { channel, author, body, late, sender: None, schedule: id };
+            if let Err(refused) = sequencer.send(draft) {
+                // Still in the database: the sweep of some node delivers it, late.
+                tracing::warn!(?id, %refused, "a due schedule could not be sequenced now");
+            }
+            return;
+        }
         let mut state = self.lock();
         if !state.logs.contains_key(&channel) {
             // A room that has emptied: nobody to deliver to, and never anyone again.
@@ -329,7 +638,8 @@ impl Hub {
         }
         let message = state.stamp(channel, author, body, late);
         let mut evicted = Vec::new();
-        let sent = state.send_to_channel(channel, None, message.frame(), &mut evicted);
+        let seq = message.seq;
+        let sent = state.send_to_channel(channel, None, seq, message.frame(), &mut evicted);
         self.count(sent);
         let durable = channel.is_durable().then_some(message);
         match (id, durable) {
@@ -430,12 +740,15 @@ impl Hub {
     fn announce_deletion(&self, state: &mut State, from: PeerId, channel: Channel, seq: u64) {
         let frame = protocol::deleted_frame(channel.wire_name(), seq);
         let mut evicted = Vec::new();
-        state.send_to_channel(channel, None, &frame, &mut evicted);
+        state.send_to_channel(channel, None, 0, &frame, &mut evicted);
         if state.peers.get(&from).is_some_and(|peer| peer.channel != channel) {
             state.send_to(from, frame, &mut evicted);
         }
         if channel.is_durable() {
             self.store.record(Change::Deleted { channel, seq });
+            if let Some((_, broker)) = self.sequencer.get() {
+                broker.deleted(channel, seq);
+            }
         }
         self.evict(state, evicted);
     }
@@ -578,13 +891,17 @@ impl Hub {
     /// Every named room, by name, with how many people are in it.
     pub fn rooms(&self) -> Vec<RoomInfo> {
         let state = self.lock();
+
         state
             .named
             .iter()
             .map(|(name, room)| RoomInfo {
                 name: name.clone(),
                 topic: room.topic.clone(),
-                online: state.people(&room.members).len(),
+                online: count_people(
+                    state.people(&room.members),
+                    state.people_elsewhere(room.channel),
+                ),
             })
             .collect()
     }
@@ -622,7 +939,11 @@ impl Hub {
             }
         }
         let members = state.members_of(channel).to_vec();
-        let joined = protocol::room_joined_frame(name, &state.people(&members));
+        let mut people = state.people(&members);
+        let mut seen: HashSet<&str> = people.iter().map(|author| &*author.id).collect();
+        let elsewhere = state.people_elsewhere(channel);
+        people.extend(elsewhere.iter().filter(|author| seen.insert(&author.id)));
+        let joined = protocol::room_joined_frame(name, &people);
         state.send_to(id, joined, &mut evicted);
         if already {
             // Told again where it is; its history it has.
@@ -630,8 +951,13 @@ impl Hub {
             return Ok(());
         }
         if let Some(log) = state.logs.get(&channel) {
+            let mut floor = None;
+            let catchup = self.behind(log, channel, catchup, &mut floor);
             for frame in catchup_frames(log, catchup, &self.limits) {
                 state.send_to(id, frame, &mut evicted);
+            }
+            if let Some(peer) = state.peers.get_mut(&id) {
+                peer.floor = floor;
             }
         }
         self.evict(&mut state, evicted);
@@ -659,6 +985,18 @@ impl Hub {
         let mut evicted = Vec::new();
         state.send_to_others(channel, &author.id, &protocol::typing_frame(author), &mut evicted);
         self.evict(&mut state, evicted);
+        if let (Some((_, broker)), Channel::Named(_)) = (self.sequencer.get(), channel) {
+            broker.typing(channel, author);
+        }
+    }
+
+    /// In a cluster: `author` is typing in the named room `channel` on another node (which
+    /// paced it): the others here are told.
+    pub fn typing_elsewhere(&self, channel: Channel, author: &Author) {
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        state.send_to_others(channel, &author.id, &protocol::typing_frame(author), &mut evicted);
+        self.evict(&mut state, evicted);
     }
 
     /// `{"who": true}`: who is in `id`'s channel, the feed included (each person once).
@@ -673,16 +1011,17 @@ impl Hub {
                 }
                 let feed = state.peers.iter().filter(|(_, peer)| peer.channel == Channel::Feed);
                 let members: Vec<PeerId> = feed.map(|(&id, _)| id).collect();
-                let people = state.people(&members);
-                let frame = protocol::who_frame(people.len(), &people);
+                let frame =
+                    who_frame(state.people(&members), state.people_elsewhere(Channel::Feed));
                 state.feed_who = Some((Instant::now(), frame.clone()));
                 return frame;
             }
             Some(channel) => state.members_of(channel).to_vec(),
             None => Vec::new(),
         };
-        let people = state.people(&members);
-        protocol::who_frame(people.len(), &people)
+        let channel = state.peers.get(&id).map(|peer| peer.channel);
+        let elsewhere = channel.map_or(&[][..], |channel| state.people_elsewhere(channel));
+        who_frame(state.people(&members), elsewhere)
     }
 
     pub fn census(&self) -> Census {
@@ -741,6 +1080,19 @@ fn catchup_frames(log: &Log, catchup: Catchup, limits: &HistoryLimits) -> Vec<Fr
         .collect()
 }
 
+/// `{"who"}`: this node's `people` and those `elsewhere` in the cluster, each person once.
+fn who_frame<'a>(mut people: Vec<&'a Author>, elsewhere: &'a [Author]) -> Frame {
+    let mut seen: HashSet<&str> = people.iter().map(|author| &*author.id).collect();
+    people.extend(elsewhere.iter().filter(|author| seen.insert(&author.id)));
+    protocol::who_frame(people.len(), &people)
+}
+
+/// How many people are `here` and `elsewhere` together, each once.
+fn count_people(here: Vec<&Author>, elsewhere: &[Author]) -> usize {
+    let mut seen: HashSet<&str> = here.iter().map(|author| &*author.id).collect();
+    here.len() + elsewhere.iter().filter(|author| seen.insert(&author.id)).count()
+}
+
 fn unknown_message(seq: u64) -> String {
     format!("delete: there is no message {seq} in this channel")
 }
@@ -773,12 +1125,32 @@ impl State {
         }
     }
 
-    /// Whether `author` has a connection other than `except` in `channel` (a room).
+    /// Whether `author` has a connection other than `except` in `channel` (a room), here or
+    /// (a named room) on another node of a cluster.
     fn present(&self, channel: Channel, author: &str, except: PeerId) -> bool {
-        self.members_of(channel).iter().any(|&member| {
+        let here = self.members_of(channel).iter().any(|&member| {
             member != except
                 && self.peers.get(&member).is_some_and(|peer| *peer.author.id == *author)
-        })
+        });
+        here || self.people_elsewhere(channel).iter().any(|person| *person.id == *author)
+    }
+
+    /// Whether `author` has a connection in `channel` on this node.
+    fn present_here(&self, channel: Channel, author: &str) -> bool {
+        self.members_of(channel)
+            .iter()
+            .any(|member| self.peers.get(member).is_some_and(|peer| *peer.author.id == *author))
+    }
+
+    /// The people in `channel` on the other nodes of a cluster, as last heard.
+    fn people_elsewhere(&self, channel: Channel) -> &[Author] {
+        match channel {
+            Channel::Feed => &self.elsewhere.feed,
+            Channel::Named(_) => {
+                self.elsewhere.rooms.get(channel.wire_name()).map_or(&[], Vec::as_slice)
+            }
+            Channel::Room(_) => &[],
+        }
     }
 
     /// Queues `frame` for everyone in a room whose author is not `author`.
@@ -825,11 +1197,13 @@ impl State {
         message
     }
 
-    /// Queues `frame` for everyone in `channel` but `skip`; says for how many.
+    /// Queues `frame` for everyone in `channel` but `skip` (and those who have message `seq`
+    /// already; 0: the frame is not a message); says for how many.
     fn send_to_channel(
         &mut self,
         channel: Channel,
         skip: Option<PeerId>,
+        seq: u64,
         frame: &Frame,
         evicted: &mut Vec<PeerId>,
     ) -> usize {
@@ -837,7 +1211,8 @@ impl State {
         match channel {
             Channel::Feed => {
                 for (&id, peer) in &self.peers {
-                    if peer.channel == Channel::Feed && Some(id) != skip {
+                    if peer.channel == Channel::Feed && Some(id) != skip && peer.wants(channel, seq)
+                    {
                         offer(id, peer, frame, evicted);
                         sent += 1;
                     }
@@ -848,6 +1223,7 @@ impl State {
                 for &id in self.named.get(name).map(|room| &room.members).into_iter().flatten() {
                     if Some(id) != skip
                         && let Some(peer) = self.peers.get(&id)
+                        && peer.wants(channel, seq)
                     {
                         offer(id, peer, frame, evicted);
                         sent += 1;
@@ -858,6 +1234,7 @@ impl State {
                 for &id in self.rooms.get(&room).into_iter().flatten() {
                     if Some(id) != skip
                         && let Some(peer) = self.peers.get(&id)
+                        && peer.wants(channel, seq)
                     {
                         offer(id, peer, frame, evicted);
                         sent += 1;
@@ -980,6 +1357,70 @@ mod tests {
 
     fn seqs(frames: &[serde_json::Value]) -> Vec<u64> {
         frames.iter().filter_map(|frame| frame["seq"].as_u64()).collect()
+    }
+
+    fn sequenced(seq: u64, sender: Option<(PeerId, bool)>) -> Sequenced {
+        let body = Body::Text(format!("m{seq}"));
+        let message = ChatMessage::new(Channel::Feed, seq, Author::from("a"), body, 0, false);
+        Sequenced { message: Arc::new(message), sender }
+    }
+
+    #[test]
+    fn in_a_cluster_each_channel_goes_out_in_seq_order_once_and_gaps_are_filled() {
+        let hub = hub(3, 5);
+        let (sender, sender_box) = member(&hub, Catchup::Latest);
+        let (_, reader) = member(&hub, Catchup::Latest);
+        // Its own message came back through Redis too, and another node's overtook it.
+        let batch = [2, 1, 1, 2, 3].map(|seq| sequenced(seq, (seq == 1).then_some((sender, true))));
+        hub.deliver_sequenced(&batch);
+        assert_eq!(seqs(&frames(&reader)), [1, 2, 3]);
+        let own = frames(&sender_box);
+        assert_eq!(own[0]["sent"]["seq"], 1, "acknowledged once it has its seq");
+        assert_eq!(seqs(&own), [2, 3], "a sender does not get its own message back");
+        // 4 never comes (it was deleted): 5 and 6 wait until the database says so.
+        hub.deliver_sequenced(&[sequenced(6, None), sequenced(5, None)]);
+        assert!(seqs(&frames(&reader)).is_empty());
+        assert!(hub.gaps(Duration::from_secs(60)).is_empty(), "not yet overdue");
+        assert_eq!(hub.gaps(Duration::ZERO), [(Channel::Feed, 3, 5)]);
+        hub.fill(Channel::Feed, Vec::new(), Some(5));
+        assert_eq!(seqs(&frames(&reader)), [5, 6]);
+        assert!(hub.gaps(Duration::ZERO).is_empty());
+        // A catch-up brings what Redis lost, with a deleted one (8) missing.
+        let found = [7, 9]
+            .into_iter()
+            .map(|seq| {
+                let body = Body::Text(format!("m{seq}"));
+                ChatMessage::new(Channel::Feed, seq, Author::from("a"), body, 0, false)
+            })
+            .collect();
+        hub.fill(Channel::Feed, found, None);
+        assert_eq!(seqs(&frames(&reader)), [7, 9]);
+        assert_eq!(hub.position(Channel::Feed), Some(9));
+        hub.deliver_sequenced(&[sequenced(9, None), sequenced(10, None)]);
+        assert_eq!(seqs(&frames(&reader)), [10]);
+    }
+
+    #[test]
+    fn in_a_cluster_a_resume_from_a_node_that_was_ahead_gets_only_what_follows() {
+        let hub = hub(3, 5);
+        hub.use_sequencer(Drafts::detached(), Arc::new(Broker::Local));
+        hub.deliver_sequenced(&[1, 2, 3].map(|seq| sequenced(seq, None)));
+        // It saw 5 on another node; this one has delivered 3 so far.
+        let (_, resumed) = member(&hub, Catchup::After(5));
+        assert!(frames(&resumed).is_empty(), "no reset: it saw more elsewhere");
+        hub.deliver_sequenced(&[4, 5, 6].map(|seq| sequenced(seq, None)));
+        assert_eq!(seqs(&frames(&resumed)), [6]);
+        // A server alone still says its store was replaced.
+        let alone = hub_alone_with(3);
+        let (_, resumed) = member(&alone, Catchup::After(5));
+        assert_eq!(frames(&resumed)[0]["history"]["reset"], true);
+    }
+
+    fn hub_alone_with(messages: usize) -> Hub {
+        let hub = hub(3, 5);
+        let (speaker, _) = member(&hub, Catchup::Latest);
+        say(&hub, speaker, messages);
+        hub
     }
 
     #[test]

@@ -23,11 +23,17 @@
 //! - [`accounts`] holds the rules for accounts, password hashing and session tokens; `api` is
 //!   their HTTP JSON API under `/api`, and a WebSocket opened with a session cookie speaks as
 //!   its account.
+//! - In a cluster (`--redis`, on `--database postgres://`), the [`sequencer`] gives the durable
+//!   channels' seqs from PostgreSQL (and claims due schedules there), and the [`broker`]
+//!   shares what it sequenced with the other nodes through Redis; the hub delivers each
+//!   channel in seq order whichever node a message came from, reading what it missed back
+//!   from PostgreSQL.
 //! - [`config`] is the command line; [`serve`] puts it all together and shuts down gracefully.
 
 pub mod accounts;
 mod api;
 mod avatar;
+pub mod broker;
 mod command;
 pub mod config;
 mod connections;
@@ -43,24 +49,27 @@ pub mod protocol;
 mod rate_limit;
 mod routes;
 mod scheduler;
+pub mod sequencer;
 mod session;
 pub mod sqlite;
 pub mod store;
 pub mod writer;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::accounts::Accounts;
+use crate::broker::{Broker, RedisBroker, RedisOptions};
 use crate::config::Limits;
 use crate::connections::Connections;
 use crate::frame_meter::MeterLimits;
 use crate::hub::{HistoryLimits, Hub};
 use crate::metrics::{Counters, Metrics};
 use crate::scheduler::{ScheduleLimits, Scheduler};
+use crate::sequencer::{Drafts, GapFiller};
 use crate::store::{MemoryStore, Store};
 
 /// How long shutdown waits for the store to write what was accepted.
@@ -78,6 +87,31 @@ pub struct Server {
     metrics: Metrics,
     accounts: Accounts,
     limits: Limits,
+    /// This server's name (`--node`).
+    node: String,
+    broker: Arc<Broker>,
+    /// In a cluster: the sequencer, closed at shutdown after the scheduler.
+    sequencer: Option<Arc<Drafts>>,
+    /// In a cluster: reads what this node missed back from PostgreSQL.
+    gap_filler: Option<Arc<GapFiller>>,
+}
+
+/// A server alone, or one node of several.
+pub enum Deployment {
+    Alone,
+    /// `--redis`: the store is PostgreSQL, shared by every node.
+    Cluster {
+        store: Arc<postgres::PostgresStore>,
+        database_url: String,
+        redis: RedisOptions,
+    },
+}
+
+/// A short random node name, when `--node` is not given: 8 hex digits.
+pub fn random_node_name() -> String {
+    let mut bytes = [0; 4];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Why `--database` could not be opened: one line, naming the file or the host and the reason.
@@ -95,19 +129,10 @@ pub fn open_store(
     limits: &Limits,
     counters: &Counters,
 ) -> Result<Arc<dyn Store>, OpenStoreError> {
-    let writer = writer::WriterOptions {
-        keep: limits.history_keep,
-        backlog: limits.store_backlog,
-        write_seconds: Some(counters.store_writes.clone()),
-    };
     if postgres::is_url(database) {
-        let options = postgres::PostgresOptions {
-            url: database.to_owned(),
-            pool: limits.database_pool,
-            writer,
-        };
-        return Ok(Arc::new(postgres::PostgresStore::open(options)?));
+        return Ok(open_postgres(database, limits, counters)?);
     }
+    let writer = writer_options(limits, counters);
     match sqlite::database_path(database) {
         None => Ok(Arc::new(MemoryStore::new(limits.history_keep))),
         Some(path) => Ok(Arc::new(sqlite::SqliteStore::open(sqlite::SqliteOptions {
@@ -117,14 +142,48 @@ pub fn open_store(
     }
 }
 
+fn writer_options(limits: &Limits, counters: &Counters) -> writer::WriterOptions {
+    writer::WriterOptions {
+        keep: limits.history_keep,
+        backlog: limits.store_backlog,
+        write_seconds: Some(counters.store_writes.clone()),
+    }
+}
+
+/// Opens the PostgreSQL database `database` (a `postgres://` URL) names.
+pub fn open_postgres(
+    database: &str,
+    limits: &Limits,
+    counters: &Counters,
+) -> Result<Arc<postgres::PostgresStore>, postgres::OpenError> {
+    let options = postgres::PostgresOptions {
+        url: database.to_owned(),
+        pool: limits.database_pool,
+        writer: writer_options(limits, counters),
+    };
+    Ok(Arc::new(postgres::PostgresStore::open(options)?))
+}
+
 impl Server {
-    /// The server's state, going on from what `store` kept (its channels' newest messages and
-    /// pending schedules are loaded here, before anyone can connect). Starts the scheduler's
-    /// timer, so it must be called within a tokio runtime.
+    /// A server alone: see [`Server::load_as`].
     pub fn load(
         limits: Limits,
         store: Arc<dyn Store>,
         counters: Counters,
+    ) -> anyhow::Result<Arc<Server>> {
+        Server::load_as(limits, store, counters, random_node_name(), Deployment::Alone)
+    }
+
+    /// The server's state, going on from what `store` kept (its channels' newest messages and
+    /// pending schedules are loaded here, before anyone can connect). Starts the scheduler's
+    /// timer, so it must be called within a tokio runtime.
+    /// In a cluster it also starts the broker's tasks, the sequencer thread and the gap filler.
+    pub fn load_as(
+        limits: Limits,
+        store: Arc<dyn Store>,
+        counters: Counters,
+        node: String,
+        deployment: Deployment,
     ) -> anyhow::Result<Arc<Server>> {
         let history = HistoryLimits { on_join: limits.history, resume_max: limits.resume_max };
         let loaded = store.load(history.on_join.max(history.resume_max))?;
@@ -138,6 +197,27 @@ impl Server {
         let rooms = store.rooms()?;
         let hub =
             Arc::new(Hub::new(store.clone(), history, loaded.channels, rooms, counters.clone()));
+        let cluster = matches!(deployment, Deployment::Cluster { .. });
+        // The broker's tasks reach the server through this once it exists.
+        let started: Arc<OnceLock<Weak<Server>>> = Arc::new(OnceLock::new());
+        let (broker, sequencer, gap_filler) = match deployment {
+            Deployment::Alone => (Arc::new(Broker::Local), None, None),
+            Deployment::Cluster { store: postgres, database_url, redis } => {
+                let redis =
+                    RedisBroker::start(redis, counters.broker_round_trip.clone(), started.clone())?;
+                let broker = Arc::new(Broker::Redis(redis));
+                let keep = limits.history_keep;
+                let drafts = sequencer::start(&database_url, keep, hub.clone(), broker.clone())?;
+                hub.use_sequencer(drafts.clone(), broker.clone());
+                let filler = GapFiller::start(hub.clone(), postgres);
+                // What was committed between loading and subscribing.
+                tokio::spawn({
+                    let filler = filler.clone();
+                    async move { filler.catch_up().await }
+                });
+                (broker, Some(drafts), Some(filler))
+            }
+        };
         let scheduler = Scheduler::start(
             hub.clone(),
             store.clone(),
@@ -146,6 +226,7 @@ impl Server {
                 per_address: limits.max_scheduled_per_address,
                 total: limits.max_scheduled_total,
                 delivery_rate: limits.schedule_delivery_rate,
+                cluster,
             },
             loaded.schedules,
         );
@@ -157,17 +238,23 @@ impl Server {
             fragment_timeout: limits.fragment_timeout(),
         });
         let accounts = Accounts::new(&limits.accounts);
-        Ok(Arc::new_cyclic(|server| Server {
+        let server = Arc::new_cyclic(|server| Server {
             hub,
             scheduler,
             connections,
             store,
             meter,
             accounts,
-            metrics: Metrics::new(&counters, server.clone()),
+            metrics: Metrics::new(&counters, server.clone(), cluster.then_some(node.as_str())),
+            node,
+            broker,
+            sequencer,
+            gap_filler,
             counters,
             limits,
-        }))
+        });
+        let _ = started.set(Arc::downgrade(&server));
+        Ok(server)
     }
 }
 
@@ -191,6 +278,10 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
     let grace = server.limits.shutdown_grace();
     server.scheduler.stop(grace).await;
     server.hub.shut_down();
+    if let Some(sequencer) = server.sequencer.clone() {
+        // Drafts already taken are sequenced (and so kept) before the store closes.
+        let _ = tokio::task::spawn_blocking(move || sequencer.close(grace)).await;
+    }
     if !server.connections.wait_all_closed(grace).await {
         tracing::warn!(
             open = server.connections.websockets(),

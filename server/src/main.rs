@@ -4,13 +4,22 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
+use std::sync::Arc;
+
+use server::Deployment;
+use server::broker::RedisOptions;
 use server::config::Config;
+use server::store::Store;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Err(refusal) = config.check() {
+        eprintln!("server: {refusal}");
+        std::process::exit(2);
+    }
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("--log {:?} is not a valid log filter", config.log))?;
     // Logs go to stderr: the first line of stdout is the address, for whoever started us.
@@ -30,16 +39,32 @@ async fn main() -> anyhow::Result<()> {
 
     // The store first: a file the server does not understand is refused before anything runs.
     let counters = server::metrics::Counters::default();
-    let store = match server::open_store(&config.database, &config.limits, &counters) {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln!("server: {error}");
-            std::process::exit(1);
-        }
+    let refuse = |error: &dyn std::fmt::Display| -> ! {
+        eprintln!("server: {error}");
+        std::process::exit(1);
+    };
+    let node = config.node.clone().unwrap_or_else(server::random_node_name);
+    let (store, deployment): (Arc<dyn Store>, Deployment) = match &config.redis {
+        None => match server::open_store(&config.database, &config.limits, &counters) {
+            Ok(store) => (store, Deployment::Alone),
+            Err(error) => refuse(&error),
+        },
+        Some(redis) => match server::open_postgres(&config.database, &config.limits, &counters) {
+            Ok(store) => {
+                let redis = RedisOptions {
+                    url: redis.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    node: node.clone(),
+                };
+                let database_url = config.database.clone();
+                (store.clone(), Deployment::Cluster { store, database_url, redis })
+            }
+            Err(error) => refuse(&error),
+        },
     };
     // Then what it kept: loaded before the address line, so that a client that connects as
     // soon as it sees the address finds the history there.
-    let server = server::Server::load(config.limits, store, counters)?;
+    let server = server::Server::load_as(config.limits, store, counters, node, deployment)?;
     let address = SocketAddr::new(config.addr, config.port);
     let listener =
         TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;

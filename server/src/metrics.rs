@@ -8,6 +8,7 @@
 //! far, the store's health) is read when Prometheus scrapes, from the same places `/healthz`
 //! reads it, so it can never drift from the truth.
 
+use std::borrow::Cow;
 use std::sync::Weak;
 
 use prometheus_client::collector::Collector;
@@ -35,6 +36,8 @@ pub struct Counters {
     pub evictions: Counter,
     /// Seconds the store took to write one batch (one transaction).
     pub store_writes: Histogram,
+    /// In a cluster: seconds one PUBLISH to Redis took, there and back.
+    pub broker_round_trip: Histogram,
 }
 
 impl Default for Counters {
@@ -47,6 +50,8 @@ impl Default for Counters {
             evictions: Counter::default(),
             // 100 µs to about 1.6 s.
             store_writes: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+            // 50 µs to about 0.8 s.
+            broker_round_trip: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
         }
     }
 }
@@ -57,9 +62,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers `counters`, and the states read from `server` at each scrape.
-    pub fn new(counters: &Counters, server: Weak<Server>) -> Metrics {
-        let mut registry = Registry::with_prefix("chatterbox");
+    /// Registers `counters`, and the states read from `server` at each scrape. In a cluster
+    /// (`node` given) every metric has a `node` label, and the broker's round trip is there.
+    pub fn new(counters: &Counters, server: Weak<Server>, node: Option<&str>) -> Metrics {
+        let mut registry = match node {
+            None => Registry::with_prefix("chatterbox"),
+            Some(node) => {
+                let label = (Cow::Borrowed("node"), Cow::Owned(node.to_owned()));
+                let mut registry =
+                    Registry::with_prefix_and_labels("chatterbox", std::iter::once(label));
+                registry.register(
+                    "broker_round_trip_seconds",
+                    "Time for one PUBLISH to Redis, there and back",
+                    counters.broker_round_trip.clone(),
+                );
+                registry
+            }
+        };
         registry.register("frames_in", "WebSocket messages received", counters.frames_in.clone());
         registry.register("frames_out", "WebSocket frames written", counters.frames_out.clone());
         registry.register("messages", "Chat messages given a seq", counters.messages.clone());

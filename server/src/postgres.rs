@@ -153,7 +153,7 @@ pub struct PostgresStore {
 
 /// The database as logs and errors name it: `postgres://USER@HOST:PORT/DBNAME`, without the
 /// password.
-fn place(config: &postgres::Config) -> String {
+pub(crate) fn place(config: &postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(postgres::config::Host::Tcp(host)) => host.clone(),
         #[cfg(unix)]
@@ -178,6 +178,16 @@ fn reason(error: &postgres::Error) -> String {
     reason
 }
 
+/// How every connection of the server to `url` is made (the store's, the sequencer's).
+pub(crate) fn connection_config(url: &str) -> Result<postgres::Config, OpenError> {
+    let mut config: postgres::Config =
+        url.parse().map_err(|error| OpenError::BadUrl(format!("{error}")))?;
+    config.connect_timeout(CONNECT_TIMEOUT).application_name("chatterbox");
+    // A peer that vanishes (a host down, a cable out) is noticed by TCP, not waited on.
+    config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+    Ok(config)
+}
+
 /// Runs `work` on a thread of its own: the synchronous client cannot run on a tokio worker
 /// thread, and the calls made once at start come from the async `main`.
 fn off_the_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
@@ -191,11 +201,7 @@ impl PostgresStore {
     /// Connects, and brings the schema up to date. A database that is not a chatterbox one,
     /// or has a newer schema, is refused before anything is written.
     pub fn open(options: PostgresOptions) -> Result<PostgresStore, OpenError> {
-        let mut config: postgres::Config =
-            options.url.parse().map_err(|error| OpenError::BadUrl(format!("{error}")))?;
-        config.connect_timeout(CONNECT_TIMEOUT).application_name("chatterbox");
-        // A peer that vanishes (a host down, a cable out) is noticed by TCP, not waited on.
-        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let config = connection_config(&options.url)?;
         let place = place(&config);
         off_the_runtime(|| {
             let mut client = config.connect(NoTls).map_err(|error| OpenError::Unreachable {
@@ -223,6 +229,40 @@ impl PostgresStore {
             })?;
             Ok(PostgresStore { writes, reads: Mutex::new(Some(reads)) })
         })
+    }
+
+    /// Up to `limit` messages of `channel` with a seq above `after` and below `before`, oldest
+    /// first: what a node of a cluster missed (a gap, or everything while Redis was away).
+    /// Blocks: call it from a blocking task.
+    pub fn messages_between(
+        &self,
+        channel: Channel,
+        after: u64,
+        before: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ChatMessage>> {
+        let Some(name) = channel.store_key() else { return Ok(Vec::new()) };
+        let [after, before] = [after, before].map(|seq| seq.min(i64::MAX as u64) as i64);
+        let rows = self.read()?.query(
+            "SELECT * FROM messages WHERE channel = $1 AND seq > $2 AND seq < $3
+             ORDER BY seq LIMIT $4",
+            &[&name, &after, &before, &(limit as i64)],
+        )?;
+        messages_from_rows(channel, &rows).context("reading missed messages")
+    }
+
+    /// Every channel's reservation: in a cluster, the highest seq given in it (every seq up to
+    /// it is committed, or was deleted). Blocks: call it from a blocking task.
+    pub fn reservations(&self) -> anyhow::Result<Vec<(Channel, u64)>> {
+        let rows = self.read()?.query("SELECT name, reserved FROM channels", &[])?;
+        let mut reservations = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (name, reserved): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            if let Some(channel) = Channel::from_store_key(&name) {
+                reservations.push((channel, reserved.max(0) as u64));
+            }
+        }
+        Ok(reservations)
     }
 
     fn read(&self) -> anyhow::Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
@@ -286,7 +326,10 @@ fn migrate(client: &mut Client, place: &str) -> Result<(), OpenError> {
     transaction.commit().map_err(failed)
 }
 
-fn message_from_row(channel: Channel, row: &Row) -> Result<Option<ChatMessage>, postgres::Error> {
+pub(crate) fn message_from_row(
+    channel: Channel,
+    row: &Row,
+) -> Result<Option<ChatMessage>, postgres::Error> {
     let seq: i64 = row.try_get("seq")?;
     let author = author_from_row(row)?;
     let kind: String = row.try_get("type")?;
@@ -297,8 +340,33 @@ fn message_from_row(channel: Channel, row: &Row) -> Result<Option<ChatMessage>, 
         .map(|body| ChatMessage::new(channel, seq as u64, author, body, at_ms, late)))
 }
 
+/// The messages of `channel` in `rows`, skipping those this server cannot read.
+fn messages_from_rows(channel: Channel, rows: &[Row]) -> Result<Vec<ChatMessage>, postgres::Error> {
+    rows.iter().filter_map(|row| message_from_row(channel, row).transpose()).collect()
+}
+
+/// A row of `schedules`; `None` for one this server cannot read (a newer node's channel or
+/// body kind).
+pub(crate) fn schedule_from_row(row: &Row) -> Result<Option<StoredSchedule>, postgres::Error> {
+    let channel: String = row.try_get("channel")?;
+    let kind: String = row.try_get("type")?;
+    let body: String = row.try_get("body")?;
+    let (Some(channel), Some(body)) =
+        (Channel::from_store_key(&channel), Body::from_parts(&kind, body))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(StoredSchedule {
+        id: row.try_get::<_, i64>("id")? as u64,
+        due_ms: row.try_get("due_ms")?,
+        channel,
+        author: author_from_row(row)?,
+        body,
+    }))
+}
+
 /// The `author` and `name` columns of a message or a schedule.
-fn author_from_row(row: &Row) -> Result<Author, postgres::Error> {
+pub(crate) fn author_from_row(row: &Row) -> Result<Author, postgres::Error> {
     let id: String = row.try_get("author")?;
     let name: Option<String> = row.try_get("name")?;
     Ok(Author { id: id.into(), name: name.map(Into::into) })
@@ -492,28 +560,11 @@ fn load(client: &mut impl GenericClient, recent: usize) -> anyhow::Result<Loaded
              AS newest ORDER BY seq",
             &[&name, &(recent as i64)],
         )?;
-        let messages = rows
-            .iter()
-            .filter_map(|row| message_from_row(channel, row).transpose())
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages = messages_from_rows(channel, &rows)?;
         loaded.channels.push((channel, last as u64 + 1, messages));
     }
     for row in client.query("SELECT * FROM schedules ORDER BY due_ms, id", &[])? {
-        let channel: String = row.try_get("channel")?;
-        let kind: String = row.try_get("type")?;
-        let body: String = row.try_get("body")?;
-        let (Some(channel), Some(body)) =
-            (Channel::from_store_key(&channel), Body::from_parts(&kind, body))
-        else {
-            continue;
-        };
-        let schedule = StoredSchedule {
-            id: row.try_get::<_, i64>("id")? as u64,
-            due_ms: row.try_get("due_ms")?,
-            channel,
-            author: author_from_row(&row)?,
-            body,
-        };
+        let Some(schedule) = schedule_from_row(&row)? else { continue };
         if row.try_get("firing")? {
             loaded.interrupted.push(schedule);
         } else {
@@ -551,12 +602,18 @@ impl Store for PostgresStore {
              ORDER BY seq",
             &[&name, &before, &(limit as i64)],
         )?;
-        let messages = rows
-            .iter()
-            .filter_map(|row| message_from_row(channel, row).transpose())
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading a page of history")?;
-        Ok(messages)
+        messages_from_rows(channel, &rows).context("reading a page of history")
+    }
+
+    /// By its primary key, rather than as a page of one.
+    fn message(&self, channel: Channel, seq: u64) -> anyhow::Result<Option<ChatMessage>> {
+        let Some(name) = channel.store_key() else { return Ok(None) };
+        let seq = seq.min(i64::MAX as u64) as i64;
+        let row = self
+            .read()?
+            .query_opt("SELECT * FROM messages WHERE channel = $1 AND seq = $2", &[&name, &seq])?;
+        let message = row.as_ref().map(|row| message_from_row(channel, row)).transpose()?;
+        Ok(message.flatten())
     }
 
     fn flush(&self, limit: Duration) -> bool {
@@ -583,7 +640,7 @@ struct PostgresBatches {
 
 /// Every message of a batch in one statement: one array per column, whatever the number of rows
 /// (replacing a row with the same seq, as a retried batch may bring it again).
-const INSERT_MESSAGES: &str = "
+pub(crate) const INSERT_MESSAGES: &str = "
     INSERT INTO messages (channel, seq, author, name, type, body, at_ms, late)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::bigint[], $8::boolean[])
@@ -636,13 +693,7 @@ impl Batches for PostgresBatches {
     }
 
     fn prune(&mut self, name: &str, keep: usize) -> anyhow::Result<()> {
-        self.with_connection(|client, _| {
-            client.execute(
-                "DELETE FROM messages WHERE channel = $1
-                   AND seq <= (SELECT max(seq) FROM messages WHERE channel = $1) - $2",
-                &[&name, &(keep as i64)],
-            )
-        })?;
+        self.with_connection(|client, _| prune_channel(client, name, keep))?;
         Ok(())
     }
 
@@ -655,8 +706,21 @@ impl Batches for PostgresBatches {
     }
 }
 
+/// Deletes all but the newest `keep` messages of the channel named `name`.
+pub(crate) fn prune_channel(
+    client: &mut Client,
+    name: &str,
+    keep: usize,
+) -> Result<u64, postgres::Error> {
+    client.execute(
+        "DELETE FROM messages WHERE channel = $1
+           AND seq <= (SELECT max(seq) FROM messages WHERE channel = $1) - $2",
+        &[&name, &(keep as i64)],
+    )
+}
+
 /// Inserts `messages` (of durable channels; others are skipped) with one statement.
-fn insert_messages(
+pub(crate) fn insert_messages(
     transaction: &mut postgres::Transaction,
     insert: &Statement,
     messages: &[&ChatMessage],
@@ -803,6 +867,11 @@ mod tests {
     #[test]
     fn a_deleted_message_stays_deleted_and_its_seq_is_not_given_again() {
         check(store_checks::a_deleted_message_stays_deleted_and_its_seq_is_not_given_again);
+    }
+
+    #[test]
+    fn one_message_is_found_by_its_channel_and_seq_once_written() {
+        check(store_checks::one_message_is_found_by_its_channel_and_seq_once_written);
     }
 
     #[test]

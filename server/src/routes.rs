@@ -266,6 +266,11 @@ struct Health {
     store: StoreHealth,
     /// People in each named room that has anyone in it, by name.
     named_rooms: std::collections::BTreeMap<String, usize>,
+    /// This server's name (`--node`).
+    node: String,
+    /// In a cluster only: `ok`, or `reconnecting` while Redis cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker: Option<crate::broker::BrokerHealth>,
 }
 
 impl Health {
@@ -281,6 +286,8 @@ impl Health {
             scheduled: server.scheduler.pending(),
             refused: server.connections.refused().totals(),
             store: server.store.health(),
+            node: server.node.clone(),
+            broker: server.broker.health(),
             named_rooms: server
                 .hub
                 .rooms()

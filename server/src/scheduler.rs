@@ -47,6 +47,9 @@ pub struct ScheduleLimits {
     pub total: usize,
     /// Deliveries per second at most.
     pub delivery_rate: f64,
+    /// Part of a cluster: schedule ids are random (the nodes share one table), and a due one is
+    /// claimed by the sequencer's delete instead of being marked as firing.
+    pub cluster: bool,
 }
 
 /// One connection's count of pending schedules.
@@ -155,7 +158,7 @@ impl Scheduler {
         sender.0.fetch_add(1, Ordering::Relaxed);
         *state.per_address.entry(address).or_default() += 1;
         let due = Instant::now() + delay;
-        let id = state.next_id;
+        let id = if limits.cluster { cluster_schedule_id() } else { state.next_id };
         state.next_id += 1;
         let stored = channel.is_durable();
         if stored {
@@ -234,6 +237,18 @@ impl Shared {
     }
 }
 
+/// A schedule id no other node will give: 63 random bits (ids are `BIGINT`s). With 10,000
+/// schedules pending, the chance that two share one is about 1 in 10^11.
+fn cluster_schedule_id() -> u64 {
+    let mut bytes = [0; 8];
+    // The OS's random source does not fail on the systems the server runs on; if it did, a
+    // time-based id is still unlikely to meet another.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = (now_ms() as u64).to_le_bytes();
+    }
+    (u64::from_le_bytes(bytes) >> 1).max(1)
+}
+
 /// The one timer: sleeps until the first schedule is due (or an earlier one arrives), delivers
 /// it, and waits out the pace before the next.
 async fn run_timer(shared: Arc<Shared>, hub: Arc<Hub>) {
@@ -266,7 +281,7 @@ async fn run_timer(shared: Arc<Shared>, hub: Arc<Hub>) {
                         }
                     }
                 }
-                if pending.stored {
+                if pending.stored && !shared.limits.cluster {
                     let (written, marked) = oneshot::channel();
                     shared.store.record(Change::Firing { id, written });
                     if !matches!(tokio::time::timeout(MARK_TIMEOUT, marked).await, Ok(Ok(true))) {
@@ -306,7 +321,7 @@ mod tests {
     use std::collections::VecDeque;
 
     fn limits(per_connection: usize, per_address: usize, total: usize) -> ScheduleLimits {
-        ScheduleLimits { per_connection, per_address, total, delivery_rate: 10.0 }
+        ScheduleLimits { per_connection, per_address, total, delivery_rate: 10.0, cluster: false }
     }
 
     fn address(last: u8) -> ClientAddress {

@@ -32,7 +32,7 @@ use crate::connections::ClientAddress;
 use crate::frame::Frame;
 use crate::frame_meter::FrameMeter;
 use crate::hub::{Catchup, Eviction, PeerId};
-use crate::message::Author;
+use crate::message::{Author, Channel};
 use crate::outbox::{Full, Outbox};
 use crate::protocol;
 use crate::rate_limit::{TokenBucket, Verdict};
@@ -113,6 +113,9 @@ pub async fn run(
     let is_account = account.is_some();
     // Not kept for the connection's life: it holds the password's hash.
     drop(account);
+    if let (Catchup::After(seq), Some(filler)) = (catchup, &server.gap_filler) {
+        filler.reach(Channel::Feed, seq).await;
+    }
     if !server.hub.join(id, author.clone(), outbox.clone(), evict, catchup) {
         close(&mut ws, &mut VecDeque::new(), CloseCode::Away, "server shutting down").await;
         return;
