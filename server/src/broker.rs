@@ -23,7 +23,7 @@
 //! on Redis, and what cannot be published (Redis away, the queue full) is dropped, because
 //! the catch-up will bring it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::Server;
 use crate::message::{Author, Body, Channel, ChatMessage};
+use crate::pairing::{self, Pairing};
 use crate::sequencer::Sequenced;
 use crate::store::StoredRoom;
 
@@ -237,6 +238,8 @@ pub struct RedisOptions {
 
 pub struct RedisBroker {
     node: String,
+    /// Random pairing across nodes, through the same Redis.
+    pub pairing: Arc<Pairing>,
     outgoing: mpsc::Sender<Envelope>,
     subscribed: Arc<AtomicBool>,
 }
@@ -273,14 +276,21 @@ impl RedisBroker {
             options.node.clone(),
             server.clone(),
         ));
+        let own = pairing::node_channel(&options.prefix, &options.node);
+        let pairing = Arc::new(Pairing::start(
+            client.clone(),
+            &options.prefix,
+            options.node.clone(),
+            server.clone(),
+        ));
         tokio::spawn(run_subscriber(
             client,
-            [channel("messages"), channel("rooms")],
+            [channel("messages"), channel("rooms"), own],
             options.node.clone(),
             subscribed.clone(),
             server,
         ));
-        Ok(RedisBroker { node: options.node, outgoing, subscribed })
+        Ok(RedisBroker { node: options.node, pairing, outgoing, subscribed })
     }
 }
 
@@ -343,6 +353,7 @@ async fn run_heartbeat(
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        let checked = Instant::now();
         let Some(server) = server.get().and_then(Weak::upgrade) else { continue };
         let Ok(mine) = serde_json::to_string(&server.hub.presence()) else { continue };
         if connection.is_none() {
@@ -353,15 +364,17 @@ async fn run_heartbeat(
             None => Err(redis::RedisError::from((redis::ErrorKind::Io, "not connected"))),
         };
         match result {
-            Ok(others) => {
+            Ok((others, alive)) => {
                 heard = Instant::now();
                 server.hub.set_people_elsewhere(others);
+                server.hub.nodes_alive(&alive, checked);
             }
             Err(error) => {
                 tracing::debug!(%error, "presence heartbeat failed; reconnecting");
                 connection = None;
                 if heard.elapsed() >= PRESENCE_TTL {
                     server.hub.set_people_elsewhere(Vec::new());
+                    server.hub.nodes_alive(&HashSet::new(), checked);
                 }
             }
         }
@@ -371,13 +384,14 @@ async fn run_heartbeat(
 /// Scan rounds for presence keys at most (100 keys a round): far more nodes than a cluster has.
 const SCAN_ROUNDS: usize = 100;
 
-/// One heartbeat: this node's key written, the others' read (SCAN, then MGET).
+/// One heartbeat: this node's key written, the others' read (SCAN, then MGET). Says who is on
+/// the other nodes, and which nodes are alive.
 async fn heartbeat(
     redis: &mut redis::aio::MultiplexedConnection,
     keys: &str,
     own: &str,
     mine: String,
-) -> redis::RedisResult<Vec<NodePresence>> {
+) -> redis::RedisResult<(Vec<NodePresence>, HashSet<String>)> {
     let ttl = PRESENCE_TTL.as_millis() as u64;
     redis::cmd("SET").arg(own).arg(mine).arg("PX").arg(ttl).exec_async(redis).await?;
     let (pattern, mut cursor, mut found) = (format!("{keys}:*"), 0_u64, Vec::new());
@@ -397,16 +411,21 @@ async fn heartbeat(
         }
     }
     if found.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), HashSet::new()));
     }
     let values: Vec<Option<String>> = redis::cmd("MGET").arg(&found).query_async(redis).await?;
     // A key that expired between SCAN and MGET is a node gone: skipped.
-    Ok(values.into_iter().flatten().filter_map(|json| serde_json::from_str(&json).ok()).collect())
+    let node_of = |key: &String| key.get(keys.len() + 1..).unwrap_or_default().to_owned();
+    let alive =
+        found.iter().zip(&values).filter(|(_, value)| value.is_some()).map(|(key, _)| node_of(key));
+    let alive = alive.collect();
+    let others = values.into_iter().flatten().filter_map(|json| serde_json::from_str(&json).ok());
+    Ok((others.collect(), alive))
 }
 
 async fn run_subscriber(
     client: redis::Client,
-    channels: [String; 2],
+    channels: [String; 3],
     node: String,
     subscribed: Arc<AtomicBool>,
     server: Arc<OnceLock<Weak<Server>>>,
@@ -431,14 +450,22 @@ async fn run_subscriber(
             }
             // Whatever was committed before the subscription took effect is read back.
             let running = server.get().and_then(Weak::upgrade);
-            if let Some(filler) = running.and_then(|server| server.gap_filler.clone()) {
-                tokio::spawn(async move { filler.catch_up().await });
+            if let Some(running) = running {
+                // Those waiting here may have been dropped from the list meanwhile.
+                running.hub.seek_again();
+                if let Some(filler) = running.gap_filler.clone() {
+                    tokio::spawn(async move { filler.catch_up().await });
+                }
             }
             let mut messages = pubsub.into_on_message();
             while let Some(message) = messages.next().await {
                 let Ok(payload) = message.get_payload::<String>() else { continue };
                 let Some(server) = server.get().and_then(Weak::upgrade) else { continue };
-                receive(&server, &node, &payload);
+                if message.get_channel_name() == channels[2] {
+                    pairing::receive(&server, &payload);
+                } else {
+                    receive(&server, &node, &payload);
+                }
             }
             subscribed.store(false, Ordering::Relaxed);
         }

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::broker::{Broker, NodePresence, Person};
+use crate::broker::{Broker, NodePresence, PRESENCE_TTL, Person};
 use crate::frame::Frame;
 use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::metrics::Counters;
 use crate::outbox::Outbox;
+use crate::pairing::{PairEnvelope, Pairing, RoomAt};
 use crate::protocol::{self, Notice};
 use crate::sequencer::{Draft, Drafts, Sequenced};
 use crate::store::{Change, Store, StoredRoom};
@@ -184,7 +185,27 @@ struct State {
     feed_who: Option<(Instant, Frame)>,
     /// In a cluster: who is on the other nodes, as their last heartbeats said.
     elsewhere: Elsewhere,
+    /// In a cluster: how random rooms find partners on any node (see [`pairing`](crate::pairing)).
+    pairing: Option<Arc<Pairing>>,
+    /// In a cluster: rooms whose one member is on (or on its way to) Redis' waiting list, with
+    /// the author its entry was made for (withdrawing needs the same entry).
+    seeking: HashMap<u64, Author>,
+    /// Of those, the rooms whose member asked for a partner and has not been told it waits yet
+    /// (a member whose partner left is told only that, as on one node).
+    untold: HashSet<u64>,
+    /// In a cluster: rooms whose partner is on another node.
+    partners: HashMap<u64, Partner>,
     closed: bool,
+}
+
+/// The partner, on another node, of a random room here.
+struct Partner {
+    at: RoomAt,
+    author: Author,
+    /// When they were paired (see [`Hub::nodes_alive`]).
+    since: Instant,
+    /// The partner's newest messages: their seq in its room, and here (for a deletion).
+    seqs: VecDeque<(u64, u64)>,
 }
 
 /// The people on the other nodes of a cluster (see [`Hub::set_people_elsewhere`]).
@@ -302,6 +323,10 @@ impl Hub {
             typing: HashMap::new(),
             feed_who: None,
             elsewhere: Elsewhere::default(),
+            pairing: None,
+            seeking: HashMap::new(),
+            untold: HashSet::new(),
+            partners: HashMap::new(),
             closed: false,
         };
         for room in rooms {
@@ -602,6 +627,7 @@ impl Hub {
         let mut evicted = Vec::new();
         let sent = state.send_to_channel(channel, Some(from), seq, message.frame(), &mut evicted);
         self.count(sent);
+        state.tell_partner(channel, &message);
         if channel.is_durable() {
             self.store.record(Change::Message(message));
         }
@@ -641,6 +667,7 @@ impl Hub {
         let seq = message.seq;
         let sent = state.send_to_channel(channel, None, seq, message.frame(), &mut evicted);
         self.count(sent);
+        state.tell_partner(channel, &message);
         let durable = channel.is_durable().then_some(message);
         match (id, durable) {
             (Some(id), message) => self.store.record(Change::Delivered { id, message }),
@@ -744,6 +771,13 @@ impl Hub {
         if state.peers.get(&from).is_some_and(|peer| peer.channel != channel) {
             state.send_to(from, frame, &mut evicted);
         }
+        if let (Channel::Room(room), Some(pairing)) = (channel, &state.pairing)
+            && let Some(partner) = state.partners.get(&room)
+        {
+            let envelope =
+                PairEnvelope::Deleted { room: partner.at.room, partner: pairing.here(room), seq };
+            pairing.tell(&partner.at.node, envelope);
+        }
         if channel.is_durable() {
             self.store.record(Change::Deleted { channel, seq });
             if let Some((_, broker)) = self.sequencer.get() {
@@ -792,11 +826,22 @@ impl Hub {
         let mut evicted = Vec::new();
         let Some(peer) = state.peers.get(&id) else { return };
         if let Channel::Room(room) = peer.channel {
-            let notice = match state.rooms.get(&room).map(Vec::len) {
-                Some(2) => Notice::Paired,
-                _ => Notice::Waiting,
-            };
+            let paired = state.rooms.get(&room).map(Vec::len) == Some(2)
+                || state.partners.contains_key(&room);
+            let notice = if paired { Notice::Paired } else { Notice::Waiting };
             state.send_to(id, notice.frame(), &mut evicted);
+        } else if state.pairing.is_some() && state.waiting.is_empty() {
+            // In a cluster the partner may be on any node: Redis' waiting list decides, and
+            // the frames follow once it has (see `waiting_in_cluster`, `paired_elsewhere`).
+            state.next_room += 1;
+            let room = state.next_room;
+            state.logs.insert(Channel::Room(room), Log::random_room());
+            state.rooms.insert(room, vec![id]);
+            if let Some(peer) = state.peers.get_mut(&id) {
+                peer.channel = Channel::Room(room);
+            }
+            state.untold.insert(room);
+            state.seek(room);
         } else {
             let room = match state.waiting.pop_first() {
                 Some(room) => room,
@@ -812,30 +857,202 @@ impl Hub {
             }
             let members = state.rooms.entry(room).or_default();
             members.push(id);
-            let (members, notice) = match members.as_slice() {
-                &[first, second] => ([Some(first), Some(second)], Notice::Paired),
-                _ => ([Some(id), None], Notice::Waiting),
-            };
-            if notice == Notice::Paired {
-                tracing::info!(room, first = %simple(members[0]), second = %simple(members[1]), "paired");
+            if members.len() == 2 {
+                state.announce_pair(room, &mut evicted);
+            } else {
+                state.send_to(id, Notice::Waiting.frame(), &mut evicted);
             }
-            for member in members.into_iter().flatten() {
-                state.send_to(member, notice.frame(), &mut evicted);
-            }
-            if let [Some(first), Some(second)] = members {
-                // Each is told who the other is (unless both are tabs of one account).
-                for (to, about) in [(first, second), (second, first)] {
-                    let Some(about) = state.peers.get(&about).map(|peer| peer.author.clone())
-                    else {
-                        continue;
-                    };
-                    if state.peers.get(&to).is_some_and(|peer| peer.author.id != about.id) {
-                        state.send_to(to, protocol::presence_frame(true, &about), &mut evicted);
+        }
+        self.evict(state, evicted);
+    }
+
+    /// In a cluster: pairs across nodes through `pairing` from now on.
+    pub fn use_pairing(&self, pairing: Arc<Pairing>) {
+        self.lock().pairing = Some(pairing);
+    }
+
+    pub fn pairing(&self) -> Option<Arc<Pairing>> {
+        self.lock().pairing.clone()
+    }
+
+    /// In a cluster: whether `room` still waits for Redis to find it a partner.
+    pub fn is_seeking(&self, room: u64) -> bool {
+        self.lock().seeking.contains_key(&room)
+    }
+
+    /// In a cluster: `room`'s member is on Redis' waiting list now, and is told it waits.
+    pub fn waiting_in_cluster(&self, room: u64) {
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        if let (true, Some(&[member])) =
+            (state.untold.remove(&room), state.rooms.get(&room).map(Vec::as_slice))
+        {
+            state.send_to(member, Notice::Waiting.frame(), &mut evicted);
+        }
+        self.evict(&mut state, evicted);
+    }
+
+    /// Redis could not be asked: `room` pairs on this node, as with a server alone.
+    pub fn pair_locally(&self, room: u64) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut evicted = Vec::new();
+        if state.seeking.remove(&room).is_some() {
+            match state.waiting.pop_first() {
+                Some(older) => state.pair_rooms(older, room, &mut evicted),
+                None => {
+                    state.waiting.insert(room);
+                    let member = state.rooms.get(&room).and_then(|members| members.first());
+                    if let (true, Some(&member)) = (state.untold.remove(&room), member) {
+                        state.send_to(member, Notice::Waiting.frame(), &mut evicted);
                     }
                 }
             }
         }
         self.evict(state, evicted);
+    }
+
+    /// In a cluster: Redis matched `room` with `older`, waiting on this node too.
+    pub fn pair_here(&self, older: u64, room: u64) {
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        let (older_waits, room_waits) =
+            (state.seeking.remove(&older).is_some(), state.seeking.remove(&room).is_some());
+        match (older_waits, room_waits) {
+            (true, true) => state.pair_rooms(older, room, &mut evicted),
+            // One left meanwhile (its entry was taken): the other looks again.
+            (true, false) => state.seek(older),
+            (false, true) => state.seek(room),
+            (false, false) => {}
+        }
+        self.evict(&mut state, evicted);
+    }
+
+    /// In a cluster: `room` is paired with `partner` on another node, where `author` waits
+    /// or arrived; its member is told as for a pair here. `false`: it left meanwhile.
+    pub fn paired_elsewhere(&self, room: u64, partner: RoomAt, author: Author) -> bool {
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        let Some(&[member]) = state.rooms.get(&room).map(Vec::as_slice) else { return false };
+        if state.seeking.remove(&room).is_none() {
+            return false;
+        }
+        state.untold.remove(&room);
+        tracing::info!(room, node = %partner.node, partner = partner.room, "paired across nodes");
+        state.send_to(member, Notice::Paired.frame(), &mut evicted);
+        if state.peers.get(&member).is_some_and(|peer| peer.author.id != author.id) {
+            state.send_to(member, protocol::presence_frame(true, &author), &mut evicted);
+        }
+        let since = Instant::now();
+        let partner = Partner { at: partner, author, since, seqs: VecDeque::new() };
+        state.partners.insert(room, partner);
+        self.evict(&mut state, evicted);
+        true
+    }
+
+    /// In a cluster: the partner of `room`, `partner` on another node, left; its member is
+    /// told, and waits again.
+    pub fn partner_left_elsewhere(&self, room: u64, partner: &RoomAt) {
+        let mut state = self.lock();
+        let mut evicted = Vec::new();
+        if state.partners.get(&room).is_some_and(|kept| kept.at == *partner) {
+            state.partner_gone(room, &mut evicted);
+        }
+        self.evict(&mut state, evicted);
+    }
+
+    /// In a cluster: the partner of `room`, `partner` on another node, said `body`; it is
+    /// numbered in `room` here, as a message said here is.
+    pub fn said_elsewhere(
+        &self,
+        room: u64,
+        partner: &RoomAt,
+        their_seq: u64,
+        author: Author,
+        body: Body,
+    ) {
+        let mut state = self.lock();
+        if !state.partners.get(&room).is_some_and(|kept| kept.at == *partner) {
+            return;
+        }
+        let channel = Channel::Room(room);
+        let message = state.stamp(channel, author, body, false);
+        if let Some(kept) = state.partners.get_mut(&room) {
+            if kept.seqs.len() == RANDOM_ROOM_KEEP {
+                kept.seqs.pop_front();
+            }
+            kept.seqs.push_back((their_seq, message.seq));
+        }
+        let mut evicted = Vec::new();
+        let sent = state.send_to_channel(channel, None, message.seq, message.frame(), &mut evicted);
+        self.count(sent);
+        self.evict(&mut state, evicted);
+    }
+
+    /// In a cluster: the partner of `room`, on another node, took back its message numbered
+    /// `their_seq` there: gone here too, under the number it has here.
+    pub fn deleted_in_pair(&self, room: u64, partner: &RoomAt, their_seq: u64) {
+        let mut state = self.lock();
+        let Some(kept) = state.partners.get(&room).filter(|kept| kept.at == *partner) else {
+            return;
+        };
+        let Some(&(_, seq)) = kept.seqs.iter().find(|(theirs, _)| *theirs == their_seq) else {
+            return;
+        };
+        let channel = Channel::Room(room);
+        if let Some(log) = state.logs.get_mut(&channel) {
+            log.recent.retain(|message| message.seq != seq);
+        }
+        let mut evicted = Vec::new();
+        let frame = protocol::deleted_frame(channel.wire_name(), seq);
+        state.send_to_channel(channel, None, 0, &frame, &mut evicted);
+        self.evict(&mut state, evicted);
+    }
+
+    /// In a cluster: the partner of `room`, on another node, is typing.
+    pub fn typing_in_pair(&self, room: u64, partner: &RoomAt, author: &Author) {
+        let mut state = self.lock();
+        if !state.partners.get(&room).is_some_and(|kept| kept.at == *partner) {
+            return;
+        }
+        let mut evicted = Vec::new();
+        let frame = protocol::typing_frame(author);
+        state.send_to_others(Channel::Room(room), &author.id, &frame, &mut evicted);
+        self.evict(&mut state, evicted);
+    }
+
+    /// In a cluster: the nodes whose presence keys a heartbeat that started at `checked` found.
+    /// A partner on any other node is gone (its node died, or Redis is away): told as left.
+    /// Only a pair at least `PRESENCE_TTL` old: a node just started may not have written its
+    /// key yet, and a node that dies keeps its key that long anyway, so this delays nothing.
+    pub fn nodes_alive(&self, alive: &HashSet<String>, checked: Instant) {
+        let mut state = self.lock();
+        let settled = |since: Instant| checked.saturating_duration_since(since) >= PRESENCE_TTL;
+        let gone: Vec<u64> = state
+            .partners
+            .iter()
+            .filter(|(_, partner)| settled(partner.since) && !alive.contains(&partner.at.node))
+            .map(|(&room, _)| room)
+            .collect();
+        let mut evicted = Vec::new();
+        for room in gone {
+            state.partner_gone(room, &mut evicted);
+        }
+        self.evict(&mut state, evicted);
+    }
+
+    /// In a cluster, subscribed again after Redis was away: every room waiting here goes on
+    /// the waiting list again (Redis may have restarted empty, or dropped them meanwhile), and
+    /// so do those that waited on this node alone while it was away.
+    pub fn seek_again(&self) {
+        let mut state = self.lock();
+        let mut rooms: Vec<u64> = state.seeking.keys().copied().collect();
+        if state.pairing.is_some() {
+            rooms.extend(std::mem::take(&mut state.waiting));
+        }
+        for room in rooms {
+            state.seek(room);
+        }
     }
 
     /// `{"channel": "feed"}`: leaves any room and returns to the feed.
@@ -984,6 +1201,16 @@ impl Hub {
         state.typing.insert(author.id.clone(), now);
         let mut evicted = Vec::new();
         state.send_to_others(channel, &author.id, &protocol::typing_frame(author), &mut evicted);
+        if let (Channel::Room(room), Some(pairing)) = (channel, &state.pairing)
+            && let Some(partner) = state.partners.get(&room)
+        {
+            let envelope = PairEnvelope::Typing {
+                room: partner.at.room,
+                partner: pairing.here(room),
+                author: Person::of(author),
+            };
+            pairing.tell(&partner.at.node, envelope);
+        }
         self.evict(&mut state, evicted);
         if let (Some((_, broker)), Channel::Named(_)) = (self.sequencer.get(), channel) {
             broker.typing(channel, author);
@@ -1029,7 +1256,7 @@ impl Hub {
         Census {
             feed: state.peers.values().filter(|peer| peer.channel == Channel::Feed).count(),
             rooms: state.rooms.len(),
-            waiting: state.waiting.len(),
+            waiting: state.waiting.len() + state.seeking.len(),
         }
     }
 
@@ -1040,6 +1267,9 @@ impl Hub {
         // Nobody is told "partner_left" on the way out: everyone is leaving.
         state.rooms.clear();
         state.waiting.clear();
+        state.seeking.clear();
+        state.untold.clear();
+        state.partners.clear();
         for room in state.named.values_mut() {
             room.members.clear();
         }
@@ -1101,10 +1331,6 @@ fn not_yours(seq: u64) -> String {
     format!("delete: message {seq} is not yours")
 }
 
-fn simple(id: Option<PeerId>) -> String {
-    id.map(|id| id.simple().to_string()).unwrap_or_default()
-}
-
 impl State {
     fn add_room(&mut self, room: StoredRoom, capacity: usize) {
         let channel = Channel::named(&room.name);
@@ -1149,7 +1375,11 @@ impl State {
             Channel::Named(_) => {
                 self.elsewhere.rooms.get(channel.wire_name()).map_or(&[], Vec::as_slice)
             }
-            Channel::Room(_) => &[],
+            // A partner on another node counts in `{"who"}` as one here does.
+            Channel::Room(room) => self
+                .partners
+                .get(&room)
+                .map_or(&[], |partner| std::slice::from_ref(&partner.author)),
         }
     }
 
@@ -1274,13 +1504,103 @@ impl State {
         members.retain(|member| *member != id);
         match members.first().copied() {
             Some(partner) => {
-                self.waiting.insert(room);
                 self.send_to(partner, Notice::PartnerLeft.frame(), evicted);
+                self.seek(room);
             }
             None => {
                 self.rooms.remove(&room);
                 self.waiting.remove(&room);
                 self.logs.remove(&Channel::Room(room));
+                self.untold.remove(&room);
+                if let (Some(author), Some(pairing)) = (self.seeking.remove(&room), &self.pairing) {
+                    pairing.withdraw(room, &author);
+                }
+                if let (Some(partner), Some(pairing)) = (self.partners.remove(&room), &self.pairing)
+                {
+                    let envelope = PairEnvelope::PartnerLeft {
+                        room: partner.at.room,
+                        partner: pairing.here(room),
+                    };
+                    pairing.tell(&partner.at.node, envelope);
+                }
+            }
+        }
+    }
+
+    /// `room`, with one member, waits for a partner: on Redis' waiting list in a cluster (the
+    /// answer comes back to the hub), else in this node's `waiting`.
+    fn seek(&mut self, room: u64) {
+        let Some(author) = self.alone_in(room) else { return };
+        match &self.pairing {
+            Some(pairing) => {
+                pairing.seek(room, &author);
+                self.seeking.insert(room, author);
+            }
+            None => {
+                self.waiting.insert(room);
+            }
+        }
+    }
+
+    /// The author of `room`'s member, if it has exactly one.
+    fn alone_in(&self, room: u64) -> Option<Author> {
+        match self.rooms.get(&room).map(Vec::as_slice) {
+            Some(&[member]) => self.peers.get(&member).map(|peer| peer.author.clone()),
+            _ => None,
+        }
+    }
+
+    /// The partner of `room` on another node is gone: its member is told, with the frames a
+    /// partner leaving on this node gives, and waits again.
+    fn partner_gone(&mut self, room: u64, evicted: &mut Vec<PeerId>) {
+        let Some(partner) = self.partners.remove(&room) else { return };
+        if let Some(&member) = self.rooms.get(&room).and_then(|members| members.first()) {
+            if self.peers.get(&member).is_some_and(|peer| peer.author.id != partner.author.id) {
+                self.send_to(member, protocol::presence_frame(false, &partner.author), evicted);
+            }
+            self.send_to(member, Notice::PartnerLeft.frame(), evicted);
+        }
+        self.seek(room);
+    }
+
+    /// A message said here in a random room goes to its partner on another node, if any.
+    fn tell_partner(&self, channel: Channel, message: &ChatMessage) {
+        let (Channel::Room(room), Some(pairing)) = (channel, &self.pairing) else { return };
+        if let Some(partner) = self.partners.get(&room) {
+            pairing.message(room, &partner.at, message.seq, &message.author, &message.body);
+        }
+    }
+
+    /// Moves the one member of `room` into `older`, whose member waits alone, and tells both.
+    fn pair_rooms(&mut self, older: u64, room: u64, evicted: &mut Vec<PeerId>) {
+        let Some(moved) = self.rooms.remove(&room) else { return };
+        self.logs.remove(&Channel::Room(room));
+        self.waiting.remove(&room);
+        self.untold.remove(&room);
+        self.untold.remove(&older);
+        for &id in &moved {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.channel = Channel::Room(older);
+            }
+        }
+        self.rooms.entry(older).or_default().extend(moved);
+        self.announce_pair(older, evicted);
+    }
+
+    /// Tells both members of `room` they are paired, and each who the other is (unless both
+    /// are tabs of one account).
+    fn announce_pair(&mut self, room: u64, evicted: &mut Vec<PeerId>) {
+        let Some(&[first, second]) = self.rooms.get(&room).map(Vec::as_slice) else { return };
+        tracing::info!(room, first = %first.simple(), second = %second.simple(), "paired");
+        for member in [first, second] {
+            self.send_to(member, Notice::Paired.frame(), evicted);
+        }
+        for (to, about) in [(first, second), (second, first)] {
+            let Some(about) = self.peers.get(&about).map(|peer| peer.author.clone()) else {
+                continue;
+            };
+            if self.peers.get(&to).is_some_and(|peer| peer.author.id != about.id) {
+                self.send_to(to, protocol::presence_frame(true, &about), evicted);
             }
         }
     }

@@ -27,7 +27,8 @@
 //!   channels' seqs from PostgreSQL (and claims due schedules there), and the [`broker`]
 //!   shares what it sequenced with the other nodes through Redis; the hub delivers each
 //!   channel in seq order whichever node a message came from, reading what it missed back
-//!   from PostgreSQL.
+//!   from PostgreSQL; `pairing` pairs random partners across the nodes through a waiting
+//!   list in Redis.
 //! - [`config`] is the command line; [`serve`] puts it all together and shuts down gracefully.
 
 pub mod accounts;
@@ -44,6 +45,7 @@ mod hub;
 pub mod message;
 pub mod metrics;
 mod outbox;
+mod pairing;
 pub mod postgres;
 pub mod protocol;
 mod rate_limit;
@@ -205,6 +207,7 @@ impl Server {
             Deployment::Cluster { store: postgres, database_url, redis } => {
                 let redis =
                     RedisBroker::start(redis, counters.broker_round_trip.clone(), started.clone())?;
+                hub.use_pairing(redis.pairing.clone());
                 let broker = Arc::new(Broker::Redis(redis));
                 let keep = limits.history_keep;
                 let drafts = sequencer::start(&database_url, keep, hub.clone(), broker.clone())?;

@@ -2,7 +2,9 @@
 //! (`--redis`): every message reaches every node once, in one order, with one seq per
 //! channel; history, resume, named rooms, deletions, renames, typing and online counts work
 //! across nodes; a schedule fires once even when its node is killed; a killed node's clients
-//! resume elsewhere and its people leave the counts; Redis restarting loses nothing.
+//! resume elsewhere and its people leave the counts; Redis restarting loses nothing; random
+//! pairing spans the nodes (exactly one partner each, never a dead node's user, and a partner
+//! whose node dies is told it left).
 //!
 //! Each test has a database and a Redis channel prefix of its own (`CHATTERBOX_TEST_POSTGRES`,
 //! `CHATTERBOX_TEST_REDIS`, see tests/common/databases.rs); the test that restarts Redis runs
@@ -517,5 +519,171 @@ async fn a_message_committed_but_never_published_still_reaches_the_nodes() -> Re
     })?;
     let got = read_chat(&mut reader, 1).await?;
     ensure!(got == [(seq, "never published".into())], "{got:?}");
+    Ok(())
+}
+
+/// Reads frames until a random room's `{"status"}` comes (others are skipped); its status.
+async fn next_status(conn: &mut Connection) -> Result<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        ensure!(Instant::now() < deadline, "no random room status came");
+        let frame = recv_json(conn).await?;
+        if frame["channel"] == "random"
+            && let Some(status) = frame["status"].as_str()
+        {
+            return Ok(status.to_owned());
+        }
+    }
+}
+
+/// Reads frames until one has the key `key` (others are skipped); that frame.
+async fn next_with(conn: &mut Connection, key: &str) -> Result<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        ensure!(Instant::now() < deadline, "no {key:?} frame came");
+        let frame = recv_json(conn).await?;
+        if frame.get(key).is_some() {
+            return Ok(frame);
+        }
+    }
+}
+
+/// Asks for a random partner; the first status it is told.
+async fn seek_partner(conn: &mut Connection) -> Result<String> {
+    conn.send_json(&json!({"channel": "random"})).await?;
+    next_status(conn).await
+}
+
+/// A newcomer on `node` who is paired at once with `waiting`, which is told so too.
+async fn newcomer_pairs_with(waiting: &mut Connection, node: &RunningServer) -> Result<Connection> {
+    let mut newcomer = join(&node.ws_url()).await?;
+    ensure!(seek_partner(&mut newcomer).await? == "paired");
+    expect_status(waiting, "paired").await?;
+    Ok(newcomer)
+}
+
+async fn expect_status(conn: &mut Connection, expected: &str) -> Result<()> {
+    let status = next_status(conn).await?;
+    ensure!(status == expected, "told {status:?}, expected {expected:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_waiting_user_pairs_with_a_newcomer_on_another_node_and_partner_left_crosses()
+-> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let one = cluster.node("n1").await?;
+    let two = cluster.node("n2").await?;
+    let mut waiting = join(&one.ws_url()).await?;
+    ensure!(seek_partner(&mut waiting).await? == "waiting");
+    let mut newcomer = newcomer_pairs_with(&mut waiting, &two).await?;
+    // Each is told who the other is, as on one node.
+    for conn in [&mut waiting, &mut newcomer] {
+        let frame = recv_json(conn).await?;
+        ensure!(frame["presence"]["joined"].is_object(), "{frame}");
+    }
+    waiting.send_json(&text("hello from n1")).await?;
+    let (seq, history) = read_until(&mut newcomer, "hello from n1").await?;
+    ensure!(seq == 1 && !history, "seq {seq}, history {history}");
+    newcomer.send_json(&text("hello from n2")).await?;
+    let (seq, _) = read_until(&mut waiting, "hello from n2").await?;
+    // Numbered in the room as its own node sees it: after its own message.
+    ensure!(seq == 2, "seq {seq}");
+    // Typing and taking back cross too.
+    waiting.send_json(&json!({"typing": true})).await?;
+    let frame = next_with(&mut newcomer, "typing").await?;
+    ensure!(frame["typing"].is_object(), "{frame}");
+    newcomer.send_json(&json!({"delete": 2})).await?;
+    let frame = next_with(&mut waiting, "deleted").await?;
+    ensure!(frame == json!({"deleted": {"channel": "random", "seq": 2}}), "{frame}");
+    newcomer.send_json(&json!({"channel": "feed"})).await?;
+    // As on one node: who left, then the status.
+    let frame = recv_json(&mut waiting).await?;
+    ensure!(frame["presence"]["left"].is_object(), "{frame}");
+    expect_status(&mut waiting, "partner_left").await?;
+    // Left alone, it waits again, for anyone on any node.
+    newcomer_pairs_with(&mut waiting, &two).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn seekers_on_three_nodes_each_get_exactly_one_partner() -> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let nodes = [cluster.node("n1").await?, cluster.node("n2").await?, cluster.node("n3").await?];
+    let mut first = join(&nodes[0].ws_url()).await?;
+    ensure!(seek_partner(&mut first).await? == "waiting");
+    // Two arrive at once, on two other nodes: one of them gets the one waiting.
+    let mut second = join(&nodes[1].ws_url()).await?;
+    let mut third = join(&nodes[2].ws_url()).await?;
+    second.send_json(&json!({"channel": "random"})).await?;
+    third.send_json(&json!({"channel": "random"})).await?;
+    let (told_second, told_third) =
+        (next_status(&mut second).await?, next_status(&mut third).await?);
+    let mut told = [told_second.as_str(), told_third.as_str()];
+    told.sort_unstable();
+    ensure!(told == ["paired", "waiting"], "told {told:?}");
+    expect_status(&mut first, "paired").await?;
+    let (mut partner, mut alone) =
+        if told_second == "paired" { (second, third) } else { (third, second) };
+    // Only the partner hears the first one.
+    first.send_json(&text("to my one partner")).await?;
+    read_until(&mut partner, "to my one partner").await?;
+    // The one left waiting pairs with a fourth, and nobody is paired twice.
+    let mut fourth = newcomer_pairs_with(&mut alone, &nodes[0]).await?;
+    fourth.send_json(&text("to the one who waited")).await?;
+    read_until(&mut alone, "to the one who waited").await?;
+    for conn in [&mut first, &mut partner, &mut alone] {
+        let more = statuses_within(conn, Duration::from_millis(500)).await?;
+        ensure!(more.is_empty(), "told more: {more:?}");
+    }
+    Ok(())
+}
+
+/// The random room statuses that come within `window` (other frames are skipped).
+async fn statuses_within(conn: &mut Connection, window: Duration) -> Result<Vec<String>> {
+    conn.set_timeout(window);
+    let mut statuses = Vec::new();
+    loop {
+        match conn.recv_json().await {
+            Ok(frame) => statuses.extend(frame["status"].as_str().map(str::to_owned)),
+            Err(error) if error.to_string().starts_with("no frame arrived") => break,
+            Err(error) => return Err(error),
+        }
+    }
+    conn.set_timeout(PATIENCE);
+    Ok(statuses)
+}
+
+#[tokio::test]
+async fn a_killed_nodes_waiting_user_is_never_a_partner() -> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let mut one = cluster.node("n1").await?;
+    let two = cluster.node("n2").await?;
+    let mut ghost = join(&one.ws_url()).await?;
+    ensure!(seek_partner(&mut ghost).await? == "waiting");
+    kill_hard(&mut one).await?;
+    // At once, well before its presence key expires: the newcomer waits.
+    let mut newcomer = join(&two.ws_url()).await?;
+    ensure!(seek_partner(&mut newcomer).await? == "waiting", "paired with a dead node's user");
+    newcomer_pairs_with(&mut newcomer, &two).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partner_whose_node_is_killed_is_told_it_left_within_seconds() -> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let mut one = cluster.node("n1").await?;
+    let two = cluster.node("n2").await?;
+    let mut doomed = join(&one.ws_url()).await?;
+    ensure!(seek_partner(&mut doomed).await? == "waiting");
+    let mut survivor = newcomer_pairs_with(&mut doomed, &two).await?;
+    kill_hard(&mut one).await?;
+    let killed = Instant::now();
+    expect_status(&mut survivor, "partner_left").await?;
+    // The key's 3 s and a heartbeat (4 s, as documented), with room for a loaded machine.
+    let took = killed.elapsed();
+    ensure!(took < Duration::from_secs(8), "told after {took:?}");
+    // It waits again: a newcomer pairs with it, not with the dead node's user.
+    newcomer_pairs_with(&mut survivor, &two).await?;
     Ok(())
 }
