@@ -167,6 +167,15 @@ pub fn open_postgres(
 }
 
 impl Server {
+    /// The store's health as `/healthz` and `/metrics` show it: in a cluster, also failing
+    /// while the sequencer cannot commit (the messages it holds are not written yet).
+    pub(crate) fn store_health(&self) -> store::StoreHealth {
+        let sequencer = self.sequencer.as_ref().map(|drafts| drafts.health());
+        sequencer
+            .filter(|health| *health == store::StoreHealth::Failing)
+            .unwrap_or_else(|| self.store.health())
+    }
+
     /// A server alone: see [`Server::load_as`].
     pub fn load(
         limits: Limits,

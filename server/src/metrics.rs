@@ -136,7 +136,7 @@ impl Collector for States {
             (
                 "store_ok",
                 "1 while the store writes, 0 while it fails",
-                i64::from(server.store.health() == StoreHealth::Ok),
+                i64::from(server.store_health() == StoreHealth::Ok),
             ),
             ("up", "1: the server answers", 1),
         ];

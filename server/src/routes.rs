@@ -285,7 +285,7 @@ impl Health {
             waiting: census.waiting,
             scheduled: server.scheduler.pending(),
             refused: server.connections.refused().totals(),
-            store: server.store.health(),
+            store: server.store_health(),
             node: server.node.clone(),
             broker: server.broker.health(),
             named_rooms: server

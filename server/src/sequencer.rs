@@ -24,6 +24,7 @@
 //! delivered (marked late) in the same transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ use crate::message::{Author, Body, Channel, ChatMessage, now_ms};
 use crate::postgres::{
     INSERT_MESSAGES, PostgresStore, insert_messages, prune_channel, schedule_from_row,
 };
-use crate::store::AccountStore;
+use crate::store::{AccountStore, StoreHealth};
 
 /// Drafts waiting for the sequencer at most; past this a sender is told the server is busy
 /// (PostgreSQL is slow or away), rather than the server's memory growing.
@@ -98,6 +99,10 @@ pub enum DraftRefused {
 pub struct Drafts {
     queue: Mutex<Option<SyncSender<Draft>>>,
     finished: Mutex<Option<Receiver<()>>>,
+    /// Set while the last batch (or sweep) failed. In a cluster the store's writer inserts
+    /// no messages, so without this `/healthz` would say `"store": "ok"` all the while
+    /// PostgreSQL is away and the feed's messages wait.
+    failing: Arc<AtomicBool>,
 }
 
 impl Drafts {
@@ -108,6 +113,11 @@ impl Drafts {
             TrySendError::Full(_) => DraftRefused::Busy,
             TrySendError::Disconnected(_) => DraftRefused::Stopped,
         })
+    }
+
+    /// `Failing` while messages cannot be sequenced (PostgreSQL is away), for `/healthz`.
+    pub fn health(&self) -> StoreHealth {
+        if self.failing.load(Ordering::Relaxed) { StoreHealth::Failing } else { StoreHealth::Ok }
     }
 
     /// Lets the thread sequence what is queued and end; waits up to `limit`.
@@ -123,7 +133,11 @@ impl Drafts {
     /// A sequencer that is gone: puts a hub in cluster mode for its unit tests.
     pub fn detached() -> Arc<Drafts> {
         let (queue, _) = mpsc::sync_channel(1);
-        Arc::new(Drafts { queue: Mutex::new(Some(queue)), finished: Mutex::new(None) })
+        Arc::new(Drafts {
+            queue: Mutex::new(Some(queue)),
+            finished: Mutex::new(None),
+            failing: Arc::default(),
+        })
     }
 }
 
@@ -140,7 +154,9 @@ pub fn start(
     let config = crate::postgres::connection_config(url)?;
     let (queue, drafts) = mpsc::sync_channel(DRAFT_BACKLOG);
     let (finished_tx, finished) = mpsc::channel();
+    let failing = Arc::new(AtomicBool::new(false));
     let mut sequencer = Sequencer {
+        failing: failing.clone(),
         place: crate::postgres::place(&config),
         config,
         connected: None,
@@ -155,7 +171,11 @@ pub fn start(
         sequencer.run(drafts);
         let _ = finished_tx.send(());
     })?;
-    Ok(Arc::new(Drafts { queue: Mutex::new(Some(queue)), finished: Mutex::new(Some(finished)) }))
+    Ok(Arc::new(Drafts {
+        queue: Mutex::new(Some(queue)),
+        finished: Mutex::new(Some(finished)),
+        failing,
+    }))
 }
 
 struct Sequencer {
@@ -165,6 +185,8 @@ struct Sequencer {
     hub: Arc<Hub>,
     broker: Arc<Broker>,
     last_failure_log: Option<Instant>,
+    /// See [`Drafts::failing`].
+    failing: Arc<AtomicBool>,
     keep: usize,
     /// The channels sequenced here since the last prune.
     sequenced_in: BTreeSet<&'static str>,
@@ -204,6 +226,7 @@ impl Sequencer {
             match self.sequence(&batch, sweep) {
                 Ok(sequenced) => {
                     batch.clear();
+                    self.failing.store(false, Ordering::Relaxed);
                     if sweep {
                         last_sweep = Instant::now();
                     }
@@ -215,6 +238,7 @@ impl Sequencer {
                     }
                 }
                 Err(error) => {
+                    self.failing.store(true, Ordering::Relaxed);
                     self.failed(&error, batch.len());
                     if !open {
                         tracing::error!(

@@ -4,7 +4,8 @@
 //! across nodes; a schedule fires once even when its node is killed; a killed node's clients
 //! resume elsewhere and its people leave the counts; Redis restarting loses nothing; random
 //! pairing spans the nodes (exactly one partner each, never a dead node's user, and a partner
-//! whose node dies is told it left).
+//! whose node dies is told it left); PostgreSQL away holds the feed's messages on their node,
+//! says so in `/healthz`, and delivers them in order once it is back.
 //!
 //! Each test has a database and a Redis channel prefix of its own (`CHATTERBOX_TEST_POSTGRES`,
 //! `CHATTERBOX_TEST_REDIS`, see tests/common/databases.rs); the test that restarts Redis runs
@@ -685,5 +686,54 @@ async fn a_partner_whose_node_is_killed_is_told_it_left_within_seconds() -> Resu
     ensure!(took < Duration::from_secs(8), "told after {took:?}");
     // It waits again: a newcomer pairs with it, not with the dead node's user.
     newcomer_pairs_with(&mut survivor, &two).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_away_holds_the_feed_in_order_while_random_rooms_go_on() -> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let one = cluster.node("n1").await?;
+    let two = cluster.node("n2").await?;
+    let mut reader = join(&two.ws_url()).await?;
+    let mut sender = join(&one.ws_url()).await?;
+    sender.send_json(&text("before")).await?;
+    ensure!(read_chat(&mut reader, 1).await? == [(1, "before".into())]);
+
+    // PostgreSQL goes away for this database: no new connections, and the nodes' are cut.
+    let name = cluster.database.name().to_owned();
+    cluster.database.admin(&format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+    ))?;
+    const AWAY: usize = 5;
+    let said: Vec<String> = (0..AWAY).map(|n| format!("while away {n}")).collect();
+    for line in &said {
+        sender.send_json(&text(line)).await?;
+    }
+    // Both nodes say their store is failing (n1 holds the messages, n2's sequencer fails its
+    // sweep for orphaned schedules), and nothing can get a seq meanwhile.
+    for node in [&one, &two] {
+        wait_health(node, |h| h["store"] == "failing").await?;
+    }
+    reader.expect_silence(Duration::from_millis(500)).await?;
+    // A random room needs no seq from PostgreSQL: a pair on one node goes on chatting.
+    let mut waiting = join(&one.ws_url()).await?;
+    ensure!(seek_partner(&mut waiting).await? == "waiting");
+    let mut partner = newcomer_pairs_with(&mut waiting, &one).await?;
+    partner.send_json(&text("random goes on")).await?;
+    read_until(&mut waiting, "random goes on").await?;
+
+    // Back: what waited on n1 reaches n2's reader in order, each once, with the next seqs.
+    cluster.database.admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))?;
+    let got = read_chat(&mut reader, AWAY).await?;
+    consecutive(&got, 2)?;
+    ensure!(got.iter().map(|(_, text)| text).eq(said.iter()), "{got:?}");
+    for node in [&one, &two] {
+        wait_health(node, |h| h["store"] == "ok").await?;
+    }
+    sender.send_json(&text("after")).await?;
+    ensure!(read_chat(&mut reader, 1).await? == [(AWAY as u64 + 2, "after".into())]);
+    reader.expect_silence(Duration::from_millis(300)).await?;
     Ok(())
 }
