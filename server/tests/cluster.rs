@@ -5,7 +5,8 @@
 //! resume elsewhere and its people leave the counts; Redis restarting loses nothing; random
 //! pairing spans the nodes (exactly one partner each, never a dead node's user, and a partner
 //! whose node dies is told it left); PostgreSQL away holds the feed's messages on their node,
-//! says so in `/healthz`, and delivers them in order once it is back.
+//! says so in `/healthz`, and delivers them in order once it is back; past what a node can hold
+//! its senders are told it is busy, and nothing it accepted is lost.
 //!
 //! Each test has a database and a Redis channel prefix of its own (`CHATTERBOX_TEST_POSTGRES`,
 //! `CHATTERBOX_TEST_REDIS`, see tests/common/databases.rs); the test that restarts Redis runs
@@ -689,6 +690,21 @@ async fn a_partner_whose_node_is_killed_is_told_it_left_within_seconds() -> Resu
     Ok(())
 }
 
+/// PostgreSQL goes away for `database` only: no new connections, and the nodes' are cut.
+fn cut_off(database: &TestDatabase) -> Result<()> {
+    let name = database.name();
+    database.admin(&format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+    ))
+}
+
+/// PostgreSQL is back for `database`.
+fn reconnect(database: &TestDatabase) -> Result<()> {
+    database.admin(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", database.name()))
+}
+
 #[tokio::test]
 async fn postgres_away_holds_the_feed_in_order_while_random_rooms_go_on() -> Result<()> {
     let Some(cluster) = Cluster::create()? else { return Ok(()) };
@@ -699,13 +715,7 @@ async fn postgres_away_holds_the_feed_in_order_while_random_rooms_go_on() -> Res
     sender.send_json(&text("before")).await?;
     ensure!(read_chat(&mut reader, 1).await? == [(1, "before".into())]);
 
-    // PostgreSQL goes away for this database: no new connections, and the nodes' are cut.
-    let name = cluster.database.name().to_owned();
-    cluster.database.admin(&format!(
-        "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = '{name}' AND pid <> pg_backend_pid();"
-    ))?;
+    cut_off(&cluster.database)?;
     const AWAY: usize = 5;
     let said: Vec<String> = (0..AWAY).map(|n| format!("while away {n}")).collect();
     for line in &said {
@@ -725,7 +735,7 @@ async fn postgres_away_holds_the_feed_in_order_while_random_rooms_go_on() -> Res
     read_until(&mut waiting, "random goes on").await?;
 
     // Back: what waited on n1 reaches n2's reader in order, each once, with the next seqs.
-    cluster.database.admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))?;
+    reconnect(&cluster.database)?;
     let got = read_chat(&mut reader, AWAY).await?;
     consecutive(&got, 2)?;
     ensure!(got.iter().map(|(_, text)| text).eq(said.iter()), "{got:?}");
@@ -735,5 +745,60 @@ async fn postgres_away_holds_the_feed_in_order_while_random_rooms_go_on() -> Res
     sender.send_json(&text("after")).await?;
     ensure!(read_chat(&mut reader, 1).await? == [(AWAY as u64 + 2, "after".into())]);
     reader.expect_silence(Duration::from_millis(300)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_away_long_enough_tells_senders_the_server_is_busy_and_loses_nothing_accepted()
+-> Result<()> {
+    let Some(cluster) = Cluster::create()? else { return Ok(()) };
+    let one = cluster.node("n1").await?;
+    let mut sender = join(&one.ws_url()).await?;
+    cut_off(&cluster.database)?;
+    wait_health(&one, |h| h["store"] == "failing").await?;
+    // More than the node can hold: 10,000 queued and up to 1,024 in the batch being retried.
+    const SENT: u64 = 10_000 + 1_024 + 50;
+    for n in 0..SENT {
+        sender.send_json(&text(&format!("m{n}"))).await?;
+    }
+    // Frames are answered in order: every refusal comes before the answer to this.
+    sender.send_json(&json!({"who": true})).await?;
+    let mut busy = 0;
+    let deadline = Instant::now() + PATIENCE * 3;
+    loop {
+        ensure!(Instant::now() < deadline, "no answer to who");
+        let frame = recv_json(&mut sender).await?;
+        if frame.get("who").is_some() {
+            break;
+        }
+        let error = frame["error"].as_str().unwrap_or_default();
+        ensure!(error.starts_with("the server is busy (its database is slow or unreachable)"));
+        busy += 1;
+    }
+    ensure!((1..=SENT - 10_000).contains(&busy), "{busy} refused of {SENT}");
+    // Back: every message accepted gets its seq, and none that was refused.
+    reconnect(&cluster.database)?;
+    wait_health(&one, |h| h["store"] == "ok").await?;
+    // (A batch is at most 1,024 messages: the backlog takes a few commits.)
+    let reserved = || {
+        cluster.database.with_client(|client| {
+            let row = client.query_one("SELECT reserved FROM channels WHERE name = 'feed'", &[])?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let given = reserved()?;
+        if given == SENT - busy {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{given} seqs given, {} accepted", SENT - busy);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And no more: one message after, with the next seq.
+    let mut reader = join(&one.ws_url()).await?;
+    sender.send_json(&text("after")).await?;
+    let (seq, _) = read_until(&mut reader, "after").await?;
+    ensure!(seq == SENT - busy + 1, "seq {seq} after {} accepted", SENT - busy);
     Ok(())
 }
