@@ -468,13 +468,18 @@ pub(crate) mod store_checks {
         messages.iter().map(|message| message.seq).collect()
     }
 
+    /// Messages 1, 2 and 3 of the feed ("m1", "m2", "m3").
+    fn record_three(store: &dyn Store) {
+        for seq in 1..=3 {
+            store.record(message(seq, &format!("m{seq}")));
+        }
+    }
+
     pub(crate) fn messages_and_seqs_survive_a_clean_close(open: &dyn Fn() -> Box<dyn Store>) {
         let store = open();
         let loaded = store.load(10).unwrap();
         assert_eq!(loaded.channels[0].1, 1, "a new database starts at seq 1");
-        for seq in 1..=3 {
-            store.record(message(seq, &format!("m{seq}")));
-        }
+        record_three(&*store);
         assert!(store.close(Duration::from_secs(5)));
         let store = open();
         let loaded = store.load(2).unwrap();
@@ -493,9 +498,7 @@ pub(crate) mod store_checks {
     ) {
         let store = open();
         store.load(10).unwrap();
-        for seq in 1..=3 {
-            store.record(message(seq, &format!("m{seq}")));
-        }
+        record_three(&*store);
         // In the same batch as the message it takes back, and after it was written.
         store.record(Change::Deleted { channel: Channel::Feed, seq: 3 });
         assert!(store.flush(Duration::from_secs(5)));
@@ -514,9 +517,7 @@ pub(crate) mod store_checks {
     ) {
         let store = open();
         store.load(10).unwrap();
-        for seq in 1..=3 {
-            store.record(message(seq, &format!("m{seq}")));
-        }
+        record_three(&*store);
         assert!(store.flush(Duration::from_secs(5)));
         let found = store.message(Channel::Feed, 2).unwrap().expect("written");
         assert_eq!((found.seq, &*found.author.id, found.body), (2, "a", Body::Text("m2".into())));
